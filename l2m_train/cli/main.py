@@ -1,0 +1,37 @@
+"""`l2m`: one command with verbs (train, generate). Errors in the user's input print one line and exit 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from l2m_train.cli import generate, train
+from l2m_train.cli.errors import UserError
+
+VERBS = {"train": train, "generate": generate}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="l2m",
+        description="Train and run Large Memory Models (LM2): Transformers with a gated, causal memory bank.",
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for name, verb in VERBS.items():
+        verb.add_arguments(verbs.add_parser(name, help=verb.HELP, description=verb.__doc__,
+                                            formatter_class=argparse.RawDescriptionHelpFormatter))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return VERBS[args.verb].run(args)
+    except UserError as err:
+        print(f"l2m {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"l2m {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Typed configuration: dataclass schemas, YAML composition, `key=value` overrides, and validation.
+
+An experiment YAML may start with `defaults: [model/tiny]`: each entry names conf/<group>/<name>.yaml and is
+merged under the key <group>. An override `model=small` swaps a whole group the same way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONF_DIR = Path(str(files("l2m_train.conf")))  # the top-level conf/ folder, installed as a package
+QUICKSTART = CONF_DIR / "experiment" / "quickstart.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, described in one line for the user."""
+
+
+@dataclass
+class MemoryConfig:
+    kind: str = "lm2"  # lm2 | rmt | none
+    slots: int = 16  # N memory slots (lm2) or K memory tokens (rmt)
+    layers: Optional[list[int]] = None  # lm2: blocks with a memory layer; None = all blocks
+    init: str = "learned"  # learned | identity (one-hot rows, as in LM2)
+    bptt_segments: int = -1  # memory writes the gradient may cross, counted back from the last segment; -1 = all
+    forget_bias: float = 1.0  # initial b_f: the memory remembers by default
+    write_norm: bool = True  # RMSNorm the block outputs before the write attends to them (false: DESIGN 2.2 as written)
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 256
+    n_layers: int = 2
+    d_model: int = 64
+    n_heads: int = 4
+    n_kv_heads: int = 4
+    d_ff: int = 176
+    segment_len: int = 16  # L: self-attention is causal inside a segment only
+    attention: str = "segment"  # segment | full (full causal attention over the whole sample; memory.kind none)
+    tie_embeddings: bool = True
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-6
+    activation_checkpointing: bool = False  # recompute each segment in the backward pass
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+
+
+@dataclass
+class RecallDataConfig:
+    """The synthetic recall task: key/value pairs in the first segment, the question in the last."""
+
+    segments: int = 3  # segments per sample
+    pairs: int = 2  # key/value pairs to remember
+    train_samples: int = 0  # 0: a fresh sample every step (unlimited, seeded)
+    val_samples: int = 512
+    seed: int = 1234
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr · min_lr_ratio
+    weight_decay: float = 0.1  # on matrices only
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_tokens: int = 20_000
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    max_tokens: int = 1_000_000  # the token budget; the learning-rate schedule runs over it
+    micro_batch: int = 32  # samples per device per micro-step
+    accumulate: int = 1  # micro-steps per optimizer step
+    accelerator: str = "auto"  # auto | cpu | gpu
+    devices: int = 1
+    precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
+    val_every_steps: int = 100
+    log_every_steps: int = 10
+    seed: int = 0
+    threads: int = 0  # torch CPU threads; 0 = leave torch's default
+    compare_baseline: bool = False  # also train segment-local `none` on the same budget and compare
+
+
+@dataclass
+class RunConfig:
+    name: str = "quickstart"
+    root: str = "runs"  # the run directory is <root>/<name>
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: RecallDataConfig = field(default_factory=RecallDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as err:  # yaml.YAMLError and friends; the message names the line
+        raise ConfigError(f"cannot parse {path}: {' '.join(str(err).split())}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path} must hold a mapping of config keys")
+    return loaded
+
+
+def _group_file(group: str, name: str) -> Path:
+    path = CONF_DIR / group / f"{name}.yaml"
+    if not path.is_file():
+        choices = ", ".join(sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")))
+        raise ConfigError(f"no {group} preset named '{name}' (choices: {choices})")
+    return path
+
+
+def _compose(path: Path) -> DictConfig:
+    """A YAML file with its `defaults` list expanded."""
+    raw = _read_yaml(path)
+    merged = OmegaConf.create()
+    for entry in raw.pop("defaults", []):
+        group, _, name = str(entry).partition("/")
+        merged = OmegaConf.merge(merged, {group: _read_yaml(_group_file(group, name))})
+    return OmegaConf.merge(merged, raw)
+
+
+def _parse_override(text: str) -> DictConfig:
+    key, sep, value = text.partition("=")
+    if not sep or not key or any(not part.isidentifier() for part in key.split(".")):
+        raise ConfigError(f"malformed override '{text}': expected key=value, e.g. model.d_model=128")
+    if "." not in key and (CONF_DIR / key).is_dir():  # a whole group: model=small
+        return OmegaConf.create({key: _read_yaml(_group_file(key, value))})
+    try:
+        return OmegaConf.from_dotlist([text])
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"malformed override '{text}': {err}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Schema ← YAML (with defaults) ← overrides, validated. Raises ConfigError naming the problem."""
+    schema = OmegaConf.structured(Config)
+    layers = [_compose(Path(path) if path else QUICKSTART)] + [_parse_override(o) for o in overrides]
+    try:
+        merged = OmegaConf.merge(schema, *layers)
+        cfg: Config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_describe(err)) from None
+    validate(cfg)
+    return cfg
+
+
+def _describe(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None)
+    msg = str(err).splitlines()[0]
+    if type(err).__name__ == "ConfigKeyError" and key:
+        return f"unknown config key '{key}'"
+    return f"invalid value for '{key}': {msg}" if key else msg
+
+
+def validate(cfg: Config) -> None:
+    m, mem = cfg.model, cfg.model.memory
+    checks = [
+        (m.segment_len > 0, f"model.segment_len must be > 0, got {m.segment_len}"),
+        (m.d_model > 0 and m.n_layers > 0 and m.vocab_size > 0, "model.d_model, n_layers and vocab_size must be > 0"),
+        (m.n_heads > 0 and m.d_model % m.n_heads == 0, f"model.n_heads={m.n_heads} must divide model.d_model={m.d_model}"),
+        ((m.d_model // max(m.n_heads, 1)) % 2 == 0, "model.d_model / model.n_heads must be even for rotary embeddings"),
+        (m.n_kv_heads > 0 and m.n_heads % m.n_kv_heads == 0, f"model.n_kv_heads={m.n_kv_heads} must divide model.n_heads={m.n_heads}"),
+        (m.attention in ("segment", "full"), f"model.attention must be 'segment' or 'full', got '{m.attention}'"),
+        (mem.kind in ("lm2", "rmt", "none"), f"model.memory.kind must be lm2, rmt or none, got '{mem.kind}'"),
+        (m.attention == "segment" or mem.kind == "none", "model.attention=full is the no-memory baseline: set model.memory.kind=none"),
+        (mem.slots > 0, f"model.memory.slots must be > 0, got {mem.slots}"),
+        (mem.init in ("learned", "identity"), f"model.memory.init must be learned or identity, got '{mem.init}'"),
+        (mem.init != "identity" or mem.slots <= m.d_model, "model.memory.init=identity needs memory.slots <= model.d_model"),
+        (mem.bptt_segments >= -1, f"model.memory.bptt_segments must be >= -1, got {mem.bptt_segments}"),
+        (all(0 <= i < m.n_layers for i in mem.layers or []), f"model.memory.layers {mem.layers} out of range for {m.n_layers} layers"),
+        (cfg.data.segments > 1, "data.segments must be > 1: the answer must lie in an earlier segment"),
+        (cfg.data.pairs > 0, "data.pairs must be > 0"),
+        (cfg.train.micro_batch > 0 and cfg.train.accumulate > 0, "train.micro_batch and train.accumulate must be > 0"),
+        (cfg.train.max_tokens > 0, "train.max_tokens must be > 0"),
+        (cfg.train.precision in ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"), f"unsupported train.precision '{cfg.train.precision}'"),
+        (cfg.optim.lr > 0, "optim.lr must be > 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """A Config from a plain dict (as stored in a checkpoint), validated."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))
+    except OmegaConfBaseException as err:
+        raise ConfigError(_describe(err)) from None

@@ -1,0 +1,3 @@
+"""Datasets and tokenizers. Every dataset marks positions that carry no loss with IGNORE."""
+
+IGNORE = -100  # the label of a position without loss (torch's cross-entropy ignore_index)

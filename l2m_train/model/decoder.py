@@ -1,0 +1,233 @@
+"""The memory-augmented decoder: a Llama-style backbone run segment by segment with a carried state.
+
+One code path serves training, segment-by-segment streaming and token-by-token generation: `forward`
+cuts its input at segment boundaries and `_step` processes a piece that stays inside one segment,
+extending the state's KV cache; when a segment completes, the memory is written and the cache dropped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from l2m_train.config import ModelConfig
+from l2m_train.model.layers import SelfAttention, SwiGLU
+from l2m_train.model.memory import LM2Memory, MemoryRead
+
+KVCache = tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class DecoderState:
+    """Everything carried between calls. Its size is O(layers · (N + L) · d) for the memory models."""
+
+    pos: int  # tokens of the current segment already consumed (of the whole past, for full attention)
+    caches: tuple[KVCache | None, ...]  # per block: keys/values of the current segment
+    memory: tuple[Tensor, ...]  # lm2: B × N × d per memory layer; rmt: one B × K × d; none: ()
+    pending: tuple[Tensor | None, ...]  # lm2: per memory layer, block outputs y awaiting the segment's write
+    valid: Tensor | None  # B × cached tokens: which are real (None: all)
+
+    def tensors(self) -> list[Tensor]:
+        kv = [t for c in self.caches if c is not None for t in c]
+        return kv + list(self.memory) + [p for p in self.pending if p is not None]
+
+
+@dataclass
+class LayerAux:
+    """Per memory layer and step: what the auxiliary losses need."""
+
+    block_input: Tensor  # x, B × T × d
+    read: MemoryRead
+
+
+@dataclass
+class DecoderOutput:
+    logits: Tensor  # B × T × vocab
+    state: DecoderState
+    gates: dict[str, Tensor]  # mean gate values per memory layer ("layer0/in", ...), detached
+    aux: list[dict[int, LayerAux]] | None  # per step, per memory layer; only when asked for
+
+
+class Block(nn.Module):
+    """Pre-norm block; with a memory, h = x + SelfAttn(norm x) + g_out ⊙ E_mem, then y = h + MLP(norm h)."""
+
+    def __init__(self, cfg: ModelConfig, with_memory: bool):
+        super().__init__()
+        d = cfg.d_model
+        self.attn_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.attn = SelfAttention(d, cfg.n_heads, cfg.n_kv_heads, cfg.rope_base)
+        self.mlp_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.mlp = SwiGLU(d, cfg.d_ff)
+        mem = cfg.memory
+        self.memory = (
+            LM2Memory(d, cfg.n_heads, mem.slots, mem.init, mem.forget_bias, cfg.norm_eps, mem.write_norm)
+            if with_memory
+            else None
+        )
+
+    def forward(
+        self, x: Tensor, cache: KVCache | None, key_valid: Tensor | None, memory: Tensor | None
+    ) -> tuple[Tensor, KVCache, MemoryRead | None]:
+        x_normed = self.attn_norm(x)
+        attn_out, cache = self.attn(x_normed, cache, key_valid)
+        h = x + attn_out
+        read = None
+        if self.memory is not None:
+            gated, read = self.memory.read(x_normed, memory)  # RMSNorm(x) is shared with self-attention
+            h = h + gated
+        return h + self.mlp(self.mlp_norm(h)), cache, read
+
+
+class MemoryDecoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        kind = cfg.memory.kind
+        memory_layers = range(cfg.n_layers) if cfg.memory.layers is None else cfg.memory.layers
+        self.memory_layers = sorted(set(memory_layers)) if kind == "lm2" else []
+        self.memory_slot = {layer: slot for slot, layer in enumerate(self.memory_layers)}  # block → state.memory index
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, i in self.memory_layers) for i in range(cfg.n_layers))
+        self.final_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.rmt_initial = nn.Parameter(torch.randn(cfg.memory.slots, cfg.d_model) * 0.02) if kind == "rmt" else None
+        self.apply(self._init_weights)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):  # biases are set by the modules that own them
+            nn.init.normal_(module.weight, std=0.02)
+
+    @property
+    def window(self) -> int | None:
+        """Tokens per segment, or None for full attention (the cache never resets)."""
+        return None if self.cfg.attention == "full" else self.cfg.segment_len
+
+    def initial_state(self, batch_size: int) -> DecoderState:
+        if self.cfg.memory.kind == "lm2":
+            memory = tuple(self.blocks[i].memory.initial_state(batch_size) for i in self.memory_layers)
+        elif self.cfg.memory.kind == "rmt":
+            memory = (self.rmt_initial.unsqueeze(0).expand(batch_size, -1, -1),)
+        else:
+            memory = ()
+        return DecoderState(0, (None,) * len(self.blocks), memory, (None,) * len(self.memory_layers), None)
+
+    def forward(
+        self, idx: Tensor, state: DecoderState | None = None, valid: Tensor | None = None, keep_aux: bool = False
+    ) -> DecoderOutput:
+        """idx: B × T token ids continuing from `state` (a fresh sample when None); valid: B × T, False = padding."""
+        B, T = idx.shape
+        state = state or self.initial_state(B)
+        pieces = self._pieces(state.pos, T)
+        bptt, n_segments = self.cfg.memory.bptt_segments, sum(1 for start, _ in pieces if start == 0)
+        hidden, gate_values, aux, segment = [], {}, [], 0
+        for start, (a, b) in pieces:
+            if start == 0:  # a new segment: truncate backpropagation through memory written too long ago
+                if bptt >= 0 and 0 < segment < n_segments - bptt:  # the memory the call starts from is kept as given
+                    state = replace(state, memory=tuple(m.detach() for m in state.memory))
+                segment += 1
+            step_valid = None if valid is None else valid[:, a:b]
+            if self.cfg.activation_checkpointing and torch.is_grad_enabled():
+                out = checkpoint(self._step, idx[:, a:b], state, step_valid, keep_aux, use_reentrant=False)
+            else:
+                out = self._step(idx[:, a:b], state, step_valid, keep_aux)
+            h, state, gates, step_aux = out
+            hidden.append(h)
+            for name, value in gates.items():
+                gate_values.setdefault(name, []).append(value)
+            aux.append(step_aux)
+        logits = self.lm_head(self.final_norm(torch.cat(hidden, dim=1)))
+        gates = {name: torch.stack(values).mean() for name, values in gate_values.items()}
+        return DecoderOutput(logits, state, gates, aux if keep_aux else None)
+
+    def _pieces(self, pos: int, T: int) -> list[tuple[int, tuple[int, int]]]:
+        """Cut T tokens, starting `pos` tokens into a segment, at segment boundaries: (pos at start, (a, b))."""
+        if self.window is None:
+            return [(pos, (0, T))]
+        pieces, a = [], 0
+        while a < T:
+            b = min(T, a + self.window - pos)
+            pieces.append((pos, (a, b)))
+            pos, a = (pos + b - a) % self.window, b
+        return pieces
+
+    def _step(
+        self, idx: Tensor, state: DecoderState, valid: Tensor | None, keep_aux: bool
+    ) -> tuple[Tensor, DecoderState, dict[str, Tensor], dict[int, LayerAux]]:
+        """Process tokens that lie inside one segment; write the memory when the segment completes."""
+        B, T = idx.shape
+        x = self.embed(idx)
+        rmt_prefix = self.cfg.memory.kind == "rmt" and state.pos == 0
+        if rmt_prefix:  # [read-mem; segment ...]: memory tokens open every segment
+            x = torch.cat((state.memory[0], x), dim=1)
+            valid = None if valid is None else torch.cat((valid.new_ones(B, x.shape[1] - T), valid), dim=1)
+        cached = 0 if state.caches[0] is None else state.caches[0][0].shape[2]
+        key_valid = _concat_valid(state.valid, cached, valid, x.shape[1], B, idx.device)
+        caches, pending, gates, aux = list(state.caches), list(state.pending), {}, {}
+        for i, block in enumerate(self.blocks):
+            slot = self.memory_slot.get(i)
+            memory = None if slot is None else state.memory[slot]
+            x_in = x
+            x, caches[i], read = block(x, caches[i], key_valid, memory)
+            if read is not None:
+                pending[slot] = x if pending[slot] is None else torch.cat((pending[slot], x), dim=1)
+                gates[f"layer{i}/out"] = read.out_gate.detach().mean()
+                if keep_aux:
+                    aux[i] = LayerAux(x_in, read)
+        hidden = x[:, -T:]
+        state = DecoderState(state.pos + T, tuple(caches), state.memory, tuple(pending), key_valid)
+        if self.window is not None and state.pos == self.window:
+            state = self._finish_segment(state, gates)
+        return hidden, state, gates, aux
+
+    def _finish_segment(self, state: DecoderState, gates: dict[str, Tensor]) -> DecoderState:
+        """Write the memory from the completed segment and drop its cache."""
+        if self.cfg.memory.kind == "lm2":
+            segment_valid = state.valid  # lm2 caches hold exactly the segment's tokens
+            memory = []
+            for slot, i in enumerate(self.memory_layers):
+                new, in_gate, forget_gate = self.blocks[i].memory.write(state.pending[slot], state.memory[slot], segment_valid)
+                gates[f"layer{i}/in"] = in_gate.detach().mean()
+                gates[f"layer{i}/forget"] = forget_gate.detach().mean()
+                memory.append(new)
+            state = replace(state, memory=tuple(memory))
+        elif self.cfg.memory.kind == "rmt":  # [...; write-mem]: their outputs become the next read memory
+            x, caches = state.memory[0], list(state.caches)
+            B, K, _ = x.shape
+            cached = caches[0][0].shape[2]
+            key_valid = _concat_valid(state.valid, cached, None, K, B, x.device)
+            for i, block in enumerate(self.blocks):
+                x, caches[i], _ = block(x, caches[i], key_valid, None)
+            state = replace(state, memory=(self.final_norm(x),))
+        return DecoderState(0, (None,) * len(self.blocks), state.memory, (None,) * len(self.memory_layers), None)
+
+    @torch.no_grad()
+    def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 state: DecoderState | None = None):
+        """Yield (token ids B × 1, state) one at a time: the prompt is consumed once, then a token per step."""
+        out = self(idx, state)
+        for _ in range(max_new_tokens):
+            logits = out.logits[:, -1, :]
+            if temperature <= 0:
+                token = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                token = torch.multinomial(torch.softmax(logits, dim=-1), 1)
+            out = self(token, out.state)
+            yield token, out.state
+
+
+def _concat_valid(past: Tensor | None, n_past: int, new: Tensor | None, n_new: int, B: int, device) -> Tensor | None:
+    """Validity of all cached plus new tokens, or None when every one of them is real."""
+    if past is None and new is None:
+        return None
+    past = torch.ones(B, n_past, dtype=torch.bool, device=device) if past is None else past
+    new = torch.ones(B, n_new, dtype=torch.bool, device=device) if new is None else new
+    return torch.cat((past, new), dim=1)

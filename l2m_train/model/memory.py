@@ -1,0 +1,102 @@
+"""The LM2 memory layer (DESIGN 2.2): a gated read into the residual stream and a gated, segment-level write.
+
+Every token of a segment reads the same memory M, which holds only information from earlier segments,
+so the read needs no causal mask. The write runs once, after the whole segment has been processed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from l2m_train.model.layers import merge_heads, split_heads
+
+
+@dataclass
+class MemoryRead:
+    """What a memory read produced, for auxiliary losses and gate statistics."""
+
+    queries: Tensor  # B × H × T × head_dim, the read queries q
+    readout: Tensor  # B × T × d, E_mem before the output gate
+    out_gate: Tensor  # B × T × d, g_out
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of one sequence over another: no positions, no causal order."""
+
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.wq = nn.Linear(d_model, d_model, bias=False)
+        self.wk = nn.Linear(d_model, d_model, bias=False)
+        self.wv = nn.Linear(d_model, d_model, bias=False)
+        self.wo = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, queries: Tensor, source: Tensor, source_valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Returns (output B × Tq × d, per-head queries). source_valid: B × Ts, at least one True per row."""
+        q = split_heads(self.wq(queries), self.n_heads)
+        k = split_heads(self.wk(source), self.n_heads)
+        v = split_heads(self.wv(source), self.n_heads)
+        mask = None if source_valid is None else source_valid[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.wo(merge_heads(out)), q
+
+
+class LM2Memory(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, slots: int, init: str, forget_bias: float, norm_eps: float,
+                 write_norm: bool = True):
+        super().__init__()
+        self.norm = nn.RMSNorm(d_model, eps=norm_eps)  # RMSNorm(M), shared by the read keys/values and write queries
+        self.read_attn = CrossAttention(d_model, n_heads)
+        self.out_gate = nn.Linear(d_model, d_model)  # W_out, b_out
+        self.write_attn = CrossAttention(d_model, n_heads)
+        # RMSNorm(y) before the write's keys/values: the raw residual stream is ~0.02 in scale at init, which left
+        # the design-exact write ~1e-4 of RMSNorm(M) and training on a long plateau (docs/design-notes.md).
+        self.write_norm = nn.RMSNorm(d_model, eps=norm_eps) if write_norm else nn.Identity()
+        self.gates_from_update = nn.Linear(d_model, 2 * d_model)  # [W_in | W_f], [b_in | b_f]
+        self.gates_from_memory = nn.Linear(d_model, 2 * d_model, bias=False)  # [V_in | V_f]
+        self.forget_bias = forget_bias
+        if init == "learned":
+            self.initial = nn.Parameter(torch.empty(slots, d_model))
+        else:  # "identity": one-hot rows as in LM2, fixed
+            self.register_buffer("initial", torch.eye(slots, d_model), persistent=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Gate biases and the initial memory (the decoder initialises every weight matrix before this)."""
+        d = self.out_gate.weight.shape[0]
+        nn.init.zeros_(self.out_gate.bias)
+        nn.init.zeros_(self.gates_from_update.bias)
+        self.gates_from_update.bias[d:].fill_(self.forget_bias)  # b_f > 0: remember by default
+        if isinstance(self.initial, nn.Parameter):
+            nn.init.normal_(self.initial, std=1 / math.sqrt(d))
+
+    def initial_state(self, batch_size: int) -> Tensor:
+        return self.initial.unsqueeze(0).expand(batch_size, -1, -1)
+
+    def read(self, x_normed: Tensor, memory: Tensor) -> tuple[Tensor, MemoryRead]:
+        """Gated read-out g_out ⊙ E_mem (B × T × d) to add to the residual stream after self-attention."""
+        readout, queries = self.read_attn(x_normed, self.norm(memory))
+        out_gate = torch.sigmoid(self.out_gate(readout))
+        return out_gate * readout, MemoryRead(queries, readout, out_gate)
+
+    def write(self, y: Tensor, memory: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """M_next = g_in ⊙ tanh(U) + g_f ⊙ M, where the slots attend to the segment's block outputs y.
+
+        valid (B × T) keeps padding out of the write; a sample with no real token keeps its memory.
+        Returns (M_next, g_in, g_f).
+        """
+        has_tokens = None
+        if valid is not None:
+            has_tokens = valid.any(dim=1)
+            valid = valid | ~has_tokens[:, None]  # an all-padding row attends uniformly; its result is discarded below
+        update, _ = self.write_attn(self.norm(memory), self.write_norm(y), valid)
+        in_gate, forget_gate = torch.sigmoid(self.gates_from_update(update) + self.gates_from_memory(memory)).chunk(2, -1)
+        new_memory = in_gate * torch.tanh(update) + forget_gate * memory
+        if has_tokens is not None:
+            new_memory = torch.where(has_tokens[:, None, None], new_memory, memory)
+        return new_memory, in_gate, forget_gate

@@ -1,0 +1,34 @@
+"""Next-token loss over unmasked labels, overall and by segment index."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from l2m_train.data import IGNORE
+
+
+@dataclass
+class LMLoss:
+    loss: Tensor  # mean over supervised positions
+    per_segment: Tensor  # mean per segment index; NaN where a segment has no supervised position
+    correct: Tensor  # supervised positions predicted right (argmax)
+    count: Tensor  # supervised positions
+
+
+def lm_loss(logits: Tensor, labels: Tensor, segment_len: int) -> LMLoss:
+    """logits B × T × V, labels B × T with IGNORE where there is no loss."""
+    B, T, V = logits.shape
+    token_loss = F.cross_entropy(logits.reshape(-1, V).float(), labels.reshape(-1), ignore_index=IGNORE, reduction="none")
+    token_loss = token_loss.view(B, T)
+    supervised = labels != IGNORE
+    count = supervised.sum()
+    loss = token_loss.sum() / count.clamp(min=1)
+    segment_of = torch.arange(T, device=labels.device) // segment_len
+    n_segments = (T + segment_len - 1) // segment_len
+    seg_sum = torch.zeros(n_segments, device=labels.device).index_add_(0, segment_of, token_loss.sum(0))
+    seg_count = torch.zeros(n_segments, device=labels.device).index_add_(0, segment_of, supervised.sum(0).float())
+    correct = ((logits.argmax(-1) == labels) & supervised).sum()
+    return LMLoss(loss, seg_sum / seg_count, correct, count)

@@ -1,0 +1,64 @@
+"""The LightningModule: owns the model and the losses, the optimizer and the schedule, and what gets logged."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import grad_norm
+from torch.optim.lr_scheduler import LambdaLR
+
+from l2m_train.config import Config, from_dict
+from l2m_train.model import MemoryDecoder
+from l2m_train.train.losses import lm_loss
+from l2m_train.train.optim import adamw, lr_at
+
+
+class LM2Module(L.LightningModule):
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        self.save_hyperparameters()  # the plain-dict config travels inside every checkpoint
+        self.cfg: Config = from_dict(config)
+        self.model = MemoryDecoder(self.cfg.model)
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Global tokens per optimizer step (input length is segments × segment_len)."""
+        t = self.cfg.train
+        sample_len = self.cfg.data.segments * self.cfg.model.segment_len
+        return t.micro_batch * t.accumulate * self.trainer.world_size * sample_len
+
+    def _shared_step(self, batch: dict[str, torch.Tensor], stage: str):
+        out = self.model(batch["input_ids"], valid=batch.get("valid"))
+        result = lm_loss(out.logits, batch["labels"], self.cfg.model.segment_len)
+        train = stage == "train"
+        # Training logs every step; validation averages over the whole set (across ranks).
+        how = dict(batch_size=batch["input_ids"].shape[0], on_step=train, on_epoch=not train, sync_dist=not train)
+        self.log(f"{stage}/loss", result.loss, prog_bar=True, **how)
+        self.log(f"{stage}/acc", result.correct.float() / result.count.clamp(min=1), prog_bar=True, **how)
+        for s, value in enumerate(result.per_segment):
+            if not math.isnan(value.item()):  # segments without supervised tokens have no loss to show
+                self.log(f"{stage}/loss_seg{s}", value, **how)
+        if train:
+            self.log_dict({f"gates/{name}": value for name, value in out.gates.items()}, **how)
+        return result.loss
+
+    def training_step(self, batch, batch_idx):
+        loss = self._shared_step(batch, "train")
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        self.log("train/tokens", float(self.global_step * self.tokens_per_step))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self._shared_step(batch, "val")
+
+    def on_before_optimizer_step(self, optimizer):
+        self.log("train/grad_norm", grad_norm(self.model, norm_type=2)["grad_2.0_norm_total"])
+
+    def configure_optimizers(self):
+        optimizer = adamw(self.model, self.cfg.optim)
+        per_step, total = self.tokens_per_step, self.cfg.train.max_tokens
+        # The schedule is by tokens; with a fixed number of tokens per step, step s has seen (s + 1) · per_step.
+        schedule = LambdaLR(optimizer, lambda step: lr_at((step + 1) * per_step, self.cfg.optim, total) / self.cfg.optim.lr)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

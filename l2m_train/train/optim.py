@@ -1,0 +1,26 @@
+"""AdamW with weight decay on matrices only, and a warmup + cosine learning rate by tokens."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from l2m_train.config import OptimConfig
+
+
+def adamw(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    params = {id(p): p for p in model.parameters() if p.requires_grad}.values()  # tied weights once
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=False)
+
+
+def lr_at(tokens: int, cfg: OptimConfig, total_tokens: int) -> float:
+    """Linear warmup to cfg.lr over warmup_tokens, then cosine down to lr · min_lr_ratio at total_tokens."""
+    if tokens < cfg.warmup_tokens:
+        return cfg.lr * tokens / cfg.warmup_tokens
+    progress = min(1.0, (tokens - cfg.warmup_tokens) / max(1, total_tokens - cfg.warmup_tokens))
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -1,0 +1,114 @@
+"""One training run: a Lightning Trainer over the module and data, in its own run directory."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import OmegaConf
+
+from l2m_train.config import Config, ConfigError, to_yaml
+from l2m_train.data.recall_module import RecallDataModule
+from l2m_train.train.module import LM2Module
+
+
+@dataclass
+class RunResult:
+    kind: str
+    attention: str
+    params: int
+    val_acc: float
+    val_loss: float
+    steps: int
+    tokens: int
+    seconds: float
+    run_dir: str
+
+    @property
+    def label(self) -> str:
+        return {"segment": "none (local)", "full": "none (full)"}[self.attention] if self.kind == "none" else self.kind
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    """Create <root>/<name> and write the resolved config; refuse to reuse a run directory."""
+    run_dir = Path(cfg.run.root) / cfg.run.name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"run directory {run_dir} already exists; choose another run.name=… or remove it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    return run_dir
+
+
+def build_data(cfg: Config) -> tuple[RecallDataModule, int]:
+    """The data module and the number of optimizer steps the token budget buys."""
+    t = cfg.train
+    sample_len = cfg.data.segments * cfg.model.segment_len
+    samples_per_step = t.micro_batch * t.accumulate * t.devices
+    steps = max(1, t.max_tokens // (samples_per_step * sample_len))
+    try:
+        return RecallDataModule(cfg, train_samples=steps * samples_per_step), steps
+    except ValueError as err:
+        raise ConfigError(f"data: {err}") from None
+
+
+def train(cfg: Config, run_dir: Path) -> RunResult:
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    L.seed_everything(cfg.train.seed, verbose=False)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*flops_per_batch.*")  # FLOPs and MFU arrive with W&B tracking
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own use of a deprecated torch API
+    data, steps = build_data(cfg)
+    module = LM2Module(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    t = cfg.train
+    precision = t.precision if t.precision != "auto" else ("bf16-mixed" if torch.cuda.is_available() else "32-true")
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+                                  every_n_train_steps=t.val_every_steps)
+    throughput = ThroughputMonitor(batch_size_fn=lambda b: b["input_ids"].shape[0],
+                                   length_fn=lambda b: b["input_ids"].numel(), window_size=10)
+    trainer = L.Trainer(
+        default_root_dir=run_dir,
+        max_steps=steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        precision=precision,
+        gradient_clip_val=cfg.optim.grad_clip,
+        accumulate_grad_batches=t.accumulate,
+        val_check_interval=min(t.val_every_steps, steps) * t.accumulate,
+        log_every_n_steps=t.log_every_steps,
+        logger=CSVLogger(run_dir, name="logs", version=""),
+        callbacks=[checkpoints, throughput],
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+    )
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    seconds = time.perf_counter() - started
+    metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
+    result = RunResult(
+        kind=cfg.model.memory.kind,
+        attention=cfg.model.attention,
+        params=sum(p.numel() for p in module.model.parameters()),
+        val_acc=metrics["val/acc"],
+        val_loss=metrics["val/loss"],
+        steps=trainer.global_step,
+        tokens=trainer.global_step * module.tokens_per_step,
+        seconds=seconds,
+        run_dir=str(run_dir),
+    )
+    (run_dir / "result.json").write_text(json.dumps(result.__dict__, indent=2))
+    return result
+
+
+def baseline_config(cfg: Config) -> Config:
+    """The same run with segment-local attention and no memory."""
+    memory = replace(cfg.model.memory, kind="none")
+    return replace(cfg, model=replace(cfg.model, memory=memory, attention="segment"),
+                   run=replace(cfg.run, name=f"{cfg.run.name}/baseline-none"))

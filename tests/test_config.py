@@ -1,0 +1,62 @@
+import pytest
+
+from l2m_train.config import QUICKSTART, ConfigError, load_config, to_yaml
+
+
+def test_quickstart_loads_with_its_model_preset():
+    cfg = load_config()
+    assert cfg.model.memory.kind == "lm2" and cfg.model.d_model == 64 and cfg.run.name == "quickstart"
+
+
+def test_overrides_are_typed_and_applied():
+    cfg = load_config(None, ["model.memory.slots=32", "optim.lr=1e-4", "model.memory.layers=[1]"])
+    assert cfg.model.memory.slots == 32 and cfg.optim.lr == 1e-4 and cfg.model.memory.layers == [1]
+
+
+def test_a_group_override_swaps_the_preset():
+    assert load_config(None, ["model=small"]).model.d_model == 256
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model.memroy.slots=3"], "unknown config key 'model.memroy'"),
+        (["trian.seed=1"], "unknown config key 'trian'"),
+        (["model.d_model=wide"], "model.d_model"),
+        (["novalue"], "malformed override 'novalue'"),
+        (["model..x=1"], "malformed override"),
+        (["model=huge"], "no model preset named 'huge'"),
+        (["model.segment_len=0"], "model.segment_len must be > 0"),
+        (["model.memory.slots=0"], "model.memory.slots must be > 0"),
+        (["model.n_heads=5"], "must divide model.d_model"),
+        (["model.n_kv_heads=3"], "must divide model.n_heads"),
+        (["model.memory.layers=[0,7]"], "out of range for 2 layers"),
+        (["model.memory.kind=lstm"], "model.memory.kind"),
+        (["model.attention=full"], "set model.memory.kind=none"),
+        (["model.memory.init=identity", "model.memory.slots=100"], "slots <= model.d_model"),
+    ],
+)
+def test_bad_configs_name_the_problem(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        load_config(None, overrides)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {d_model: [1,\n")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        load_config(bad)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["model.memory.kind=rmt"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(to_yaml(cfg))
+    assert load_config(path) == cfg
+
+
+def test_every_shipped_config_is_valid():
+    for preset in ("tiny", "small", "base-125m", "medium-350m", "large-1b"):
+        load_config(QUICKSTART, [f"model={preset}"])

@@ -1,0 +1,128 @@
+"""The LM2 memory layer's arithmetic, its padding-aware write, and truncated backpropagation through it."""
+import pytest
+import torch
+
+from conftest import tiny_config, tiny_model
+from l2m_train.model import MemoryDecoder
+from l2m_train.model.memory import LM2Memory
+
+
+def _identity_memory(write_norm: bool = False) -> LM2Memory:
+    """d = 2, one head, every projection the identity, W_in = I, V_in = 0, W_f = 0, V_f = I, b_in = 0, b_f = 1."""
+    memory = LM2Memory(d_model=2, n_heads=1, slots=1, init="learned", forget_bias=1.0, norm_eps=0.0,
+                       write_norm=write_norm)
+    eye = torch.eye(2)
+    with torch.no_grad():
+        for attn in (memory.read_attn, memory.write_attn):
+            for lin in (attn.wq, attn.wk, attn.wv, attn.wo):
+                lin.weight.copy_(eye)
+        memory.out_gate.weight.copy_(eye)
+        memory.gates_from_update.weight.copy_(torch.cat((eye, torch.zeros(2, 2))))
+        memory.gates_from_memory.weight.copy_(torch.cat((torch.zeros(2, 2), eye)))
+    return memory
+
+
+def test_write_matches_hand_computation():
+    # M = [1, 2]; RMSNorm(M) = [1, 2] / sqrt(2.5) = [0.63246, 1.26491]
+    # the slot attends to y1 = [1, 0], y2 = [0, 1]: scores [0.44721, 0.89443] → weights [0.39002, 0.60998] = U
+    # g_in = sigmoid(U) = [0.59629, 0.64794]; g_f = sigmoid(M + 1) = [0.88080, 0.95257]
+    # M' = g_in · tanh(U) + g_f · M = [1.10225, 2.25770]
+    memory = _identity_memory()
+    M = torch.tensor([[[1.0, 2.0]]])
+    y = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    new, in_gate, forget_gate = memory.write(y, M, None)
+    torch.testing.assert_close(in_gate, torch.tensor([[[0.596288, 0.647935]]]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(forget_gate, torch.tensor([[[0.880797, 0.952574]]]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(new, torch.tensor([[[1.102247, 2.257697]]]), rtol=0, atol=1e-5)
+
+
+def test_normalised_write_ignores_the_scale_of_the_residual_stream():
+    M = torch.tensor([[[1.0, 2.0]]])
+    y = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    normed, raw = _identity_memory(write_norm=True), _identity_memory(write_norm=False)
+    torch.testing.assert_close(normed.write(0.02 * y, M, None)[0], normed.write(y, M, None)[0])
+    assert (raw.write(0.02 * y, M, None)[0] - raw.write(y, M, None)[0]).abs().max() > 0.1
+
+
+def test_read_matches_hand_computation():
+    # One slot: E_mem = RMSNorm(M) = [0.63246, 1.26491]; g_out = sigmoid(E_mem); read = g_out · E_mem
+    memory = _identity_memory()
+    gated, read = memory.read(torch.randn(1, 3, 2), torch.tensor([[[1.0, 2.0]]]))
+    expected = torch.tensor([0.413023, 0.986467]).expand(1, 3, 2)
+    torch.testing.assert_close(gated, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(read.readout, torch.tensor([0.632456, 1.264911]).expand(1, 3, 2), rtol=0, atol=1e-5)
+
+
+def test_forget_bias_starts_positive():
+    memory = LM2Memory(d_model=8, n_heads=2, slots=4, init="learned", forget_bias=2.0, norm_eps=1e-6)
+    assert torch.all(memory.gates_from_update.bias[8:] == 2.0) and torch.all(memory.gates_from_update.bias[:8] == 0)
+
+
+def test_identity_init_is_one_hot_rows():
+    memory = LM2Memory(d_model=8, n_heads=2, slots=4, init="identity", forget_bias=1.0, norm_eps=1e-6)
+    assert torch.equal(memory.initial_state(3)[1], torch.eye(4, 8))
+    assert not any(p is memory.initial for p in memory.parameters())
+
+
+@torch.no_grad()
+def test_padding_is_not_written_to_memory():
+    memory = _identity_memory()
+    M = torch.tensor([[[1.0, 2.0]]])
+    y = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    padded = torch.cat((y, torch.full((1, 3, 2), 50.0)), dim=1)
+    valid = torch.tensor([[True, True, False, False, False]])
+    torch.testing.assert_close(memory.write(padded, M, valid)[0], memory.write(y, M, None)[0])
+    nothing = torch.zeros(1, 5, dtype=torch.bool)
+    assert torch.equal(memory.write(padded, M, nothing)[0], M)  # an all-padding segment leaves memory alone
+
+
+@pytest.mark.parametrize("kind", ["lm2", "rmt"])
+@torch.no_grad()
+def test_padded_sample_matches_the_unpadded_one(kind):
+    model = tiny_model(kind)
+    idx = torch.randint(0, 64, (1, 13))
+    padded = torch.cat((idx, torch.zeros(1, 11, dtype=torch.long)), dim=1)  # 13 real tokens, then padding
+    valid = torch.arange(24)[None] < 13
+    out = model(padded, valid=valid)
+    torch.testing.assert_close(out.logits[:, :13], model(idx).logits)
+    assert all(torch.isfinite(m).all() for m in out.state.memory)  # the all-padding segment wrote nothing
+
+
+def _segment_grads(kind: str, bptt: int):
+    """Gradient norm reaching the embedding rows of each of 4 segments from the last segment's loss."""
+    torch.manual_seed(0)
+    cfg = tiny_config(kind, tie_embeddings=False, segment_len=4, memory={"bptt_segments": bptt})
+    model = MemoryDecoder(cfg)
+    idx = torch.arange(16)[None]  # segment s uses token ids 4s .. 4s+3 only
+    logits = model(idx).logits[:, 12:]
+    torch.nn.functional.cross_entropy(logits.reshape(-1, 64), torch.arange(4) + 20).backward()
+    rows = model.embed.weight.grad.view(16, 4, -1)[:4]  # ids 0..15 → 4 segments × 4 ids
+    return [rows[s].norm().item() for s in range(4)], model
+
+
+@pytest.mark.parametrize("kind", ["lm2", "rmt"])
+@pytest.mark.parametrize("bptt,reached", [(-1, [1, 1, 1, 1]), (0, [0, 0, 0, 1]), (1, [0, 0, 1, 1]), (2, [0, 1, 1, 1])])
+def test_gradients_cross_exactly_bptt_memory_writes(kind, bptt, reached):
+    norms, model = _segment_grads(kind, bptt)
+    assert [int(n > 0) for n in norms] == reached
+    initial = model.blocks[0].memory.initial if kind == "lm2" else model.rmt_initial
+    assert (initial.grad is not None and initial.grad.abs().sum() > 0) == (bptt == -1)
+
+
+def test_no_gradient_reaches_the_write_path_outside_the_window():
+    _, model = _segment_grads("lm2", 0)
+    write = model.blocks[0].memory.gates_from_update.weight
+    assert write.grad is None or write.grad.abs().sum() == 0
+    _, model = _segment_grads("lm2", 1)
+    assert model.blocks[0].memory.gates_from_update.weight.grad.abs().sum() > 0
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = MemoryDecoder(tiny_config("lm2", activation_checkpointing=ckpt, memory={"bptt_segments": 2}))
+        idx = torch.randint(0, 64, (2, 29))
+        model(idx).logits.square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1])

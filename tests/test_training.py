@@ -1,0 +1,74 @@
+"""The training loop's parts: loss masking, optimizer groups, the token schedule, and a short run."""
+import csv
+import math
+
+import pytest
+import torch
+
+from l2m_train.config import OptimConfig, load_config
+from l2m_train.data import IGNORE
+from l2m_train.data.recall import RecallTask
+from l2m_train.model import MemoryDecoder
+from l2m_train.train.losses import lm_loss
+from l2m_train.train.optim import adamw, lr_at
+from l2m_train.train.run import prepare_run_dir, train
+
+
+def test_loss_counts_only_supervised_positions_and_splits_by_segment():
+    logits = torch.zeros(1, 6, 4)
+    logits[0, 1, 2] = 10.0  # confident and right at position 1
+    labels = torch.tensor([[IGNORE, 2, IGNORE, IGNORE, 3, IGNORE]])
+    out = lm_loss(logits, labels, segment_len=2)
+    right, uniform = -torch.log_softmax(logits[0, 1], -1)[2], math.log(4)
+    torch.testing.assert_close(out.loss, (right + uniform) / 2)
+    torch.testing.assert_close(out.per_segment[0], right)
+    assert math.isnan(out.per_segment[1])  # no supervised position in segment 1
+    torch.testing.assert_close(out.per_segment[2], torch.tensor(uniform))
+    assert out.correct == 1 and out.count == 2
+
+
+def test_schedule_warms_up_then_decays_by_tokens():
+    cfg = OptimConfig(lr=1.0, min_lr_ratio=0.1, warmup_tokens=100)
+    assert lr_at(0, cfg, 1100) == 0 and lr_at(50, cfg, 1100) == 0.5 and lr_at(100, cfg, 1100) == 1.0
+    assert lr_at(600, cfg, 1100) == pytest.approx(0.55)  # half way down the cosine
+    assert lr_at(1100, cfg, 1100) == pytest.approx(0.1) and lr_at(5000, cfg, 1100) == pytest.approx(0.1)
+
+
+def test_weight_decay_applies_to_matrices_only():
+    model = MemoryDecoder(load_config().model)
+    decay, no_decay = adamw(model, OptimConfig()).param_groups
+    assert decay["weight_decay"] > 0 and no_decay["weight_decay"] == 0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    n_unique = len({id(p) for p in model.parameters()})
+    assert len(decay["params"]) + len(no_decay["params"]) == n_unique  # tied embeddings counted once
+
+
+def test_recall_samples_put_the_answer_only_in_the_first_segment():
+    task = RecallTask(segment_len=16, segments=3, pairs=2, size=50, seed=0)
+    for i in range(50):
+        context, answer = task.text(i)
+        assert len(context) == 48 and answer.isdigit()
+        key = context[-2]
+        assert f"{key}={answer}" in context[:16] and answer not in context[16:]
+        sample = task[i]
+        assert (sample["labels"] != IGNORE).sum() == 1 and sample["labels"][-1] == ord(answer)
+    assert task.text(7) == RecallTask(16, 3, 2, 50, 0).text(7)  # a pure function of (seed, index)
+
+
+def _column(path, name):
+    return [float(r[name]) for r in csv.DictReader(open(path)) if r.get(name)]
+
+
+def test_a_short_run_lowers_the_loss_and_logs_what_it_should(tmp_path):
+    cfg = load_config(None, [f"run.root={tmp_path}", "train.max_tokens=60000", "train.val_every_steps=40",
+                             "train.log_every_steps=1", "train.compare_baseline=false", "optim.warmup_tokens=5000"])
+    result = train(cfg, prepare_run_dir(cfg))
+    metrics = tmp_path / "quickstart" / "logs" / "metrics.csv"
+    losses = _column(metrics, "train/loss")
+    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3  # from ~ln 256 towards ln 10 and below
+    header = next(csv.reader(open(metrics)))
+    for name in ("train/lr", "train/grad_norm", "train/loss_seg2", "train/device/items_per_sec", "gates/layer0/in",
+                 "gates/layer0/forget", "gates/layer1/out", "val/acc"):
+        assert name in header, name
+    assert result.steps == 60000 // (32 * 48) and (tmp_path / "quickstart" / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "quickstart" / "config.yaml").read_text().startswith("model:")
