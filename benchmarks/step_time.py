@@ -22,6 +22,14 @@ KINDS = ["none", "rmt", "lm2"]
 LOOPS = ["bare", "lightning"]
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -103,7 +111,7 @@ def main() -> None:
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"  measured {kind:5s} {loop:9s} {rows[-1]['tokens_per_s']:9.0f} tokens/s", file=sys.stderr)
     by = {(r["kind"], r["loop"]): r for r in rows}
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}"
+    machine = f"{cpu_model()}, {os.cpu_count()} cores, torch threads {args.threads}"
     print(f"config: {' '.join(DEFAULTS + args.overrides)}; {args.steps} timed steps after {args.warmup}; {machine}")
     print(f"{'model':6s} {'params':>8s} {'bare tok/s':>11s} {'Lightning tok/s':>16s} {'overhead':>9s} "
           f"{'bare peak MB':>13s} {'Lightning peak MB':>18s} {'step vs none':>13s}")
