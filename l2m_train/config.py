@@ -99,6 +99,19 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    @property
+    def sample_len(self) -> int:
+        return self.data.segments * self.model.segment_len
+
+    @property
+    def samples_per_step(self) -> int:
+        """Samples per optimizer step across all devices."""
+        return self.train.micro_batch * self.train.accumulate * self.train.devices
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.samples_per_step * self.sample_len
+
 
 def _read_yaml(path: Path) -> DictConfig:
     if not path.is_file():
@@ -124,7 +137,10 @@ def _compose(path: Path) -> DictConfig:
     """A YAML file with its `defaults` list expanded."""
     raw = _read_yaml(path)
     merged = OmegaConf.create()
-    for entry in raw.pop("defaults", []):
+    defaults = raw.pop("defaults", [])
+    if not OmegaConf.is_list(defaults) and not isinstance(defaults, list):
+        raise ConfigError(f"{path}: 'defaults' must be a list such as [model/tiny]")
+    for entry in defaults:
         group, _, name = str(entry).partition("/")
         merged = OmegaConf.merge(merged, {group: _read_yaml(_group_file(group, name))})
     return OmegaConf.merge(merged, raw)
@@ -164,10 +180,10 @@ def _describe(err: OmegaConfBaseException) -> str:
 
 
 def validate(cfg: Config) -> None:
-    m, mem = cfg.model, cfg.model.memory
+    m, mem, t, o = cfg.model, cfg.model.memory, cfg.train, cfg.optim
     checks = [
         (m.segment_len > 0, f"model.segment_len must be > 0, got {m.segment_len}"),
-        (m.d_model > 0 and m.n_layers > 0 and m.vocab_size > 0, "model.d_model, n_layers and vocab_size must be > 0"),
+        (min(m.d_model, m.n_layers, m.vocab_size, m.d_ff) > 0, "model.d_model, n_layers, vocab_size and d_ff must be > 0"),
         (m.n_heads > 0 and m.d_model % m.n_heads == 0, f"model.n_heads={m.n_heads} must divide model.d_model={m.d_model}"),
         ((m.d_model // max(m.n_heads, 1)) % 2 == 0, "model.d_model / model.n_heads must be even for rotary embeddings"),
         (m.n_kv_heads > 0 and m.n_heads % m.n_kv_heads == 0, f"model.n_kv_heads={m.n_kv_heads} must divide model.n_heads={m.n_heads}"),
@@ -179,12 +195,17 @@ def validate(cfg: Config) -> None:
         (mem.init != "identity" or mem.slots <= m.d_model, "model.memory.init=identity needs memory.slots <= model.d_model"),
         (mem.bptt_segments >= -1, f"model.memory.bptt_segments must be >= -1, got {mem.bptt_segments}"),
         (all(0 <= i < m.n_layers for i in mem.layers or []), f"model.memory.layers {mem.layers} out of range for {m.n_layers} layers"),
+        (mem.layers != [] or mem.kind != "lm2", "model.memory.layers is empty: for no memory use model.memory.kind=none"),
         (cfg.data.segments > 1, "data.segments must be > 1: the answer must lie in an earlier segment"),
         (cfg.data.pairs > 0, "data.pairs must be > 0"),
-        (cfg.train.micro_batch > 0 and cfg.train.accumulate > 0, "train.micro_batch and train.accumulate must be > 0"),
-        (cfg.train.max_tokens > 0, "train.max_tokens must be > 0"),
-        (cfg.train.precision in ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"), f"unsupported train.precision '{cfg.train.precision}'"),
-        (cfg.optim.lr > 0, "optim.lr must be > 0"),
+        (cfg.data.val_samples > 0 and cfg.data.train_samples >= 0, "data.val_samples must be > 0 and data.train_samples >= 0"),
+        (min(t.micro_batch, t.accumulate, t.devices) > 0, "train.micro_batch, train.accumulate and train.devices must be > 0"),
+        (min(t.val_every_steps, t.log_every_steps) > 0, "train.val_every_steps and train.log_every_steps must be > 0"),
+        (t.max_tokens > 0 and t.threads >= 0, "train.max_tokens must be > 0 and train.threads >= 0"),
+        (t.accelerator in ("auto", "cpu", "gpu", "cuda"), f"train.accelerator must be auto, cpu or gpu, got '{t.accelerator}'"),
+        (t.precision in ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"), f"unsupported train.precision '{t.precision}'"),
+        (o.lr > 0 and o.warmup_tokens >= 0 and o.weight_decay >= 0, "optim.lr must be > 0, warmup_tokens and weight_decay >= 0"),
+        (0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -34,6 +34,8 @@ def test_help_lists_the_verbs():
         (["oops"], "malformed override 'oops'"),
         (["--config", "missing.yaml"], "config file not found: missing.yaml"),
         (["data.pairs=9"], "do not fit a segment"),
+        (["model.vocab_size=64"], "smaller than the 256 byte tokens"),
+        (["train.devices=0"], "train.devices must be > 0"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_run_directory(tmp_path, args, message):
@@ -41,6 +43,13 @@ def test_bad_input_is_one_line_exit_2_and_no_run_directory(tmp_path, args, messa
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and message in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_overrides_may_follow_options():
+    out = l2m("train", "model=small", "--print-config", "model.d_model=128")
+    assert out.returncode == 0 and "d_model: 128" in out.stdout
+    out = l2m("train", "--print-config", "--bogus")
+    assert out.returncode == 2 and "unrecognized arguments: --bogus" in out.stderr
 
 
 def test_an_existing_run_is_refused_and_left_alone(tmp_path):

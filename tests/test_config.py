@@ -34,6 +34,11 @@ def test_a_group_override_swaps_the_preset():
         (["model.memory.kind=lstm"], "model.memory.kind"),
         (["model.attention=full"], "set model.memory.kind=none"),
         (["model.memory.init=identity", "model.memory.slots=100"], "slots <= model.d_model"),
+        (["model.memory.layers=[]"], "for no memory use model.memory.kind=none"),
+        (["model.d_ff=0"], "d_ff must be > 0"),
+        (["train.val_every_steps=0"], "train.val_every_steps"),
+        (["train.accelerator=tpu9"], "train.accelerator must be"),
+        (["optim.min_lr_ratio=2"], "optim.min_lr_ratio"),
     ],
 )
 def test_bad_configs_name_the_problem(overrides, message):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import tiny_config, tiny_model
+from conftest import KINDS, tiny_config, tiny_model
 from l2m_train.model import MemoryDecoder
 from l2m_train.model.memory import LM2Memory
 
@@ -76,16 +76,38 @@ def test_padding_is_not_written_to_memory():
     assert torch.equal(memory.write(padded, M, nothing)[0], M)  # an all-padding segment leaves memory alone
 
 
-@pytest.mark.parametrize("kind", ["lm2", "rmt"])
+def _padded_batch():
+    idx = torch.randint(0, 64, (3, 29))
+    valid = torch.ones(3, 29, dtype=torch.bool)
+    valid[0, 10:13] = False  # inside segment 1
+    valid[1, :5] = False  # left padding
+    valid[2, 8:16] = False  # a whole segment of padding
+    return idx, valid
+
+
+@pytest.mark.parametrize("kind,attention", KINDS)
 @torch.no_grad()
-def test_padded_sample_matches_the_unpadded_one(kind):
-    model = tiny_model(kind)
-    idx = torch.randint(0, 64, (1, 13))
-    padded = torch.cat((idx, torch.zeros(1, 11, dtype=torch.long)), dim=1)  # 13 real tokens, then padding
-    valid = torch.arange(24)[None] < 13
-    out = model(padded, valid=valid)
-    torch.testing.assert_close(out.logits[:, :13], model(idx).logits)
-    assert all(torch.isfinite(m).all() for m in out.state.memory)  # the all-padding segment wrote nothing
+def test_padding_content_changes_no_real_logit(kind, attention):
+    model = tiny_model(kind, attention)
+    idx, valid = _padded_batch()
+    other = idx.clone()
+    other[~valid] = (other[~valid] + 7) % 64
+    out = model(idx, valid=valid)
+    torch.testing.assert_close(model(other, valid=valid).logits[valid], out.logits[valid], rtol=0, atol=1e-6)
+    assert all(torch.isfinite(m).all() for m in out.state.memory)
+
+
+@pytest.mark.parametrize("kind,attention", KINDS)
+@torch.no_grad()
+def test_padded_batches_stream_token_by_token(kind, attention):
+    model = tiny_model(kind, attention)
+    idx, valid = _padded_batch()
+    whole = model(idx, valid=valid).logits
+    state, pieces = None, []
+    for t in range(idx.shape[1]):
+        out = model(idx[:, t : t + 1], state, valid=valid[:, t : t + 1])
+        state, pieces = out.state, pieces + [out.logits]
+    torch.testing.assert_close(torch.cat(pieces, 1)[valid], whole[valid], rtol=1e-5, atol=1e-5)
 
 
 def _segment_grads(kind: str, bptt: int):
@@ -117,12 +139,17 @@ def test_no_gradient_reaches_the_write_path_outside_the_window():
     assert model.blocks[0].memory.gates_from_update.weight.grad.abs().sum() > 0
 
 
-def test_activation_checkpointing_gives_the_same_gradients():
-    grads = []
+def test_activation_checkpointing_saves_less_and_gives_the_same_gradients():
+    grads, saved = [], []
     for ckpt in (False, True):
         torch.manual_seed(0)
         model = MemoryDecoder(tiny_config("lm2", activation_checkpointing=ckpt, memory={"bptt_segments": 2}))
         idx = torch.randint(0, 64, (2, 29))
-        model(idx).logits.square().mean().backward()
+        numel = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: numel.append(t.numel()) or t, lambda t: t):
+            loss = model(idx).logits.square().mean()
+        loss.backward()
+        saved.append(sum(numel))
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[0], grads[1])
+    assert saved[1] < 0.5 * saved[0]  # only segment inputs and the head's activations are kept

@@ -11,7 +11,7 @@ from l2m_train.data.recall import RecallTask
 from l2m_train.model import MemoryDecoder
 from l2m_train.train.losses import lm_loss
 from l2m_train.train.optim import adamw, lr_at
-from l2m_train.train.run import prepare_run_dir, train
+from l2m_train.train.run import execute, plan
 
 
 def test_loss_counts_only_supervised_positions_and_splits_by_segment():
@@ -38,7 +38,10 @@ def test_weight_decay_applies_to_matrices_only():
     model = MemoryDecoder(load_config().model)
     decay, no_decay = adamw(model, OptimConfig()).param_groups
     assert decay["weight_decay"] > 0 and no_decay["weight_decay"] == 0
-    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert all(p.dim() >= 2 for p in decay["params"])
+    initial = {id(b.memory.initial) for b in model.blocks}  # learned initial memories: states, not weights
+    assert all(p.dim() < 2 or id(p) in initial for p in no_decay["params"])
+    assert initial <= {id(p) for p in no_decay["params"]}
     n_unique = len({id(p) for p in model.parameters()})
     assert len(decay["params"]) + len(no_decay["params"]) == n_unique  # tied embeddings counted once
 
@@ -62,7 +65,7 @@ def _column(path, name):
 def test_a_short_run_lowers_the_loss_and_logs_what_it_should(tmp_path):
     cfg = load_config(None, [f"run.root={tmp_path}", "train.max_tokens=60000", "train.val_every_steps=40",
                              "train.log_every_steps=1", "train.compare_baseline=false", "optim.warmup_tokens=5000"])
-    result = train(cfg, prepare_run_dir(cfg))
+    result = execute(plan(cfg))
     metrics = tmp_path / "quickstart" / "logs" / "metrics.csv"
     losses = _column(metrics, "train/loss")
     assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3  # from ~ln 256 towards ln 10 and below
@@ -71,4 +74,8 @@ def test_a_short_run_lowers_the_loss_and_logs_what_it_should(tmp_path):
                  "gates/layer0/forget", "gates/layer1/out", "val/acc"):
         assert name in header, name
     assert result.steps == 60000 // (32 * 48) and (tmp_path / "quickstart" / "checkpoints" / "last.ckpt").is_file()
+    # The optimizer ran on the token schedule: step s used lr_at((s + 1) · tokens per step).
+    rows = [r for r in csv.DictReader(open(metrics)) if r.get("train/lr")]
+    for r in rows[:: max(1, len(rows) // 5)]:
+        assert float(r["train/lr"]) == pytest.approx(lr_at((int(r["step"]) + 1) * 32 * 48, cfg.optim, 60000))
     assert (tmp_path / "quickstart" / "config.yaml").read_text().startswith("model:")

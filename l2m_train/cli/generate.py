@@ -18,10 +18,17 @@ HELP = "stream generated text from a checkpoint"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint written by `l2m train` (e.g. runs/quickstart/checkpoints/last.ckpt)")
     parser.add_argument("--prompt", default="", help="text to start from (default: empty)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default: 64)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate (default: 64)")
     parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (default: 0.8)")
-    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    parser.add_argument("--top-k", type=positive_int, default=None, help="sample among the k most likely tokens")
     parser.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: 0)")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

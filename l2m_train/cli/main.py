@@ -23,7 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # argparse cannot mix options and a trailing positional list (`--print-config model.x=1`): collect leftovers.
+    args, extra = parser.parse_known_args(argv)
+    if extra and (args.verb != "train" or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides += extra
     try:
         return VERBS[args.verb].run(args)
     except UserError as err:

@@ -14,7 +14,7 @@ import argparse
 
 from l2m_train.cli.summary import print_summary
 from l2m_train.config import load_config, to_yaml
-from l2m_train.train.run import baseline_config, build_data, prepare_run_dir, train
+from l2m_train.train.run import baseline_config, execute, plan
 
 HELP = "train a model (default: the built-in quickstart)"
 
@@ -34,8 +34,6 @@ def run(args: argparse.Namespace) -> int:
     configs = [cfg]
     if cfg.train.compare_baseline and cfg.model.memory.kind != "none":
         configs.append(baseline_config(cfg))
-    for c in configs:
-        build_data(c)  # data errors surface before any run directory exists
-    results = [train(c, prepare_run_dir(c)) for c in configs]
-    print_summary(results, cfg)
+    runs = [plan(c) for c in configs]  # every error surfaces before any run directory exists
+    print_summary([execute(r) for r in runs], cfg)
     return 0

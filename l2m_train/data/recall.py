@@ -27,6 +27,8 @@ class RecallTask(Dataset):
     def __init__(self, segment_len: int, segments: int, pairs: int, size: int, seed: int):
         if pairs * 4 > segment_len or segment_len < 4:
             raise ValueError(f"{pairs} pairs of 4 characters do not fit a segment of {segment_len} tokens")
+        if pairs > len(string.ascii_uppercase):
+            raise ValueError(f"at most {len(string.ascii_uppercase)} pairs (the keys are distinct capitals), got {pairs}")
         self.segment_len, self.segments, self.pairs = segment_len, segments, pairs
         self.size, self.seed = size, seed
         self.tokenizer = ByteTokenizer()

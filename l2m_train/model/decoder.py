@@ -121,6 +121,9 @@ class MemoryDecoder(nn.Module):
     ) -> DecoderOutput:
         """idx: B × T token ids continuing from `state` (a fresh sample when None); valid: B × T, False = padding."""
         B, T = idx.shape
+        if T == 0:
+            raise ValueError("forward needs at least one token")
+        valid = None if valid is None else valid.bool()
         state = state or self.initial_state(B)
         pieces = self._pieces(state.pos, T)
         bptt, n_segments = self.cfg.memory.bptt_segments, sum(1 for start, _ in pieces if start == 0)
@@ -207,9 +210,12 @@ class MemoryDecoder(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 state: DecoderState | None = None):
-        """Yield (token ids B × 1, state) one at a time: the prompt is consumed once, then a token per step."""
-        out = self(idx, state)
+                 state: DecoderState | None = None, valid: Tensor | None = None):
+        """Yield (token ids B × 1, state) one at a time: the prompt is consumed once, then a token per step.
+
+        valid marks the prompt's padding (e.g. left padding in a batch); generated tokens are always real.
+        """
+        out = self(idx, state, valid)
         for _ in range(max_new_tokens):
             logits = out.logits[:, -1, :]
             if temperature <= 0:

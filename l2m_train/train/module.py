@@ -22,13 +22,6 @@ class LM2Module(L.LightningModule):
         self.cfg: Config = from_dict(config)
         self.model = MemoryDecoder(self.cfg.model)
 
-    @property
-    def tokens_per_step(self) -> int:
-        """Global tokens per optimizer step (input length is segments × segment_len)."""
-        t = self.cfg.train
-        sample_len = self.cfg.data.segments * self.cfg.model.segment_len
-        return t.micro_batch * t.accumulate * self.trainer.world_size * sample_len
-
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str):
         out = self.model(batch["input_ids"], valid=batch.get("valid"))
         result = lm_loss(out.logits, batch["labels"], self.cfg.model.segment_len)
@@ -37,8 +30,8 @@ class LM2Module(L.LightningModule):
         how = dict(batch_size=batch["input_ids"].shape[0], on_step=train, on_epoch=not train, sync_dist=not train)
         self.log(f"{stage}/loss", result.loss, prog_bar=True, **how)
         self.log(f"{stage}/acc", result.correct.float() / result.count.clamp(min=1), prog_bar=True, **how)
-        for s, value in enumerate(result.per_segment):
-            if not math.isnan(value.item()):  # segments without supervised tokens have no loss to show
+        for s, value in enumerate(result.per_segment.tolist()):  # one device sync for all segments
+            if not math.isnan(value):  # segments without supervised tokens have no loss to show
                 self.log(f"{stage}/loss_seg{s}", value, **how)
         if train:
             self.log_dict({f"gates/{name}": value for name, value in out.gates.items()}, **how)
@@ -47,7 +40,7 @@ class LM2Module(L.LightningModule):
     def training_step(self, batch, batch_idx):
         loss = self._shared_step(batch, "train")
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
-        self.log("train/tokens", float(self.global_step * self.tokens_per_step))
+        self.log("train/tokens", float(self.global_step * self.cfg.tokens_per_step))
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -58,7 +51,7 @@ class LM2Module(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = adamw(self.model, self.cfg.optim)
-        per_step, total = self.tokens_per_step, self.cfg.train.max_tokens
+        per_step, total = self.cfg.tokens_per_step, self.cfg.train.max_tokens
         # The schedule is by tokens; with a fixed number of tokens per step, step s has seen (s + 1) · per_step.
         schedule = LambdaLR(optimizer, lambda step: lr_at((step + 1) * per_step, self.cfg.optim, total) / self.cfg.optim.lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

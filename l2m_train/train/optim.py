@@ -10,9 +10,10 @@ from l2m_train.config import OptimConfig
 
 
 def adamw(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    params = {id(p): p for p in model.parameters() if p.requires_grad}.values()  # tied weights once
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    # named_parameters lists tied weights once. Learned initial memories are states, not weights: no decay.
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if p.dim() >= 2 and not n.endswith("initial")]
+    no_decay = [p for n, p in named if p.dim() < 2 or n.endswith("initial")]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=False)
 

@@ -12,10 +12,12 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import OmegaConf
 
 from l2m_train.config import Config, ConfigError, to_yaml
 from l2m_train.data.recall_module import RecallDataModule
+from l2m_train.data.tokenizer import ByteTokenizer
 from l2m_train.train.module import LM2Module
 
 
@@ -36,44 +38,51 @@ class RunResult:
         return {"segment": "none (local)", "full": "none (full)"}[self.attention] if self.kind == "none" else self.kind
 
 
-def prepare_run_dir(cfg: Config) -> Path:
-    """Create <root>/<name> and write the resolved config; refuse to reuse a run directory."""
+@dataclass
+class PlannedRun:
+    """A run checked from end to end, with nothing written yet."""
+
+    cfg: Config
+    run_dir: Path
+    data: RecallDataModule
+    trainer: L.Trainer
+
+
+def plan(cfg: Config) -> PlannedRun:
+    """Everything a run needs, built and checked before anything touches the disk.
+
+    Raises ConfigError (or FileExistsError for a run directory in use), so bad input leaves nothing behind.
+    """
     run_dir = Path(cfg.run.root) / cfg.run.name
     if run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"run directory {run_dir} already exists; choose another run.name=… or remove it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    return run_dir
-
-
-def build_data(cfg: Config) -> tuple[RecallDataModule, int]:
-    """The data module and the number of optimizer steps the token budget buys."""
-    t = cfg.train
-    sample_len = cfg.data.segments * cfg.model.segment_len
-    samples_per_step = t.micro_batch * t.accumulate * t.devices
-    steps = max(1, t.max_tokens // (samples_per_step * sample_len))
+    if cfg.model.vocab_size < ByteTokenizer.vocab_size:
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the {ByteTokenizer.vocab_size} "
+                          "byte tokens of the recall data")
+    steps = max(1, cfg.train.max_tokens // cfg.tokens_per_step)
     try:
-        return RecallDataModule(cfg, train_samples=steps * samples_per_step), steps
+        data = RecallDataModule(cfg, train_samples=steps * cfg.samples_per_step)
     except ValueError as err:
         raise ConfigError(f"data: {err}") from None
+    try:
+        trainer = _trainer(cfg, run_dir, steps)
+    except (MisconfigurationException, ValueError) as err:  # e.g. a GPU asked for on a machine without one
+        raise ConfigError(f"train: {str(err).splitlines()[0]}") from None
+    return PlannedRun(cfg, run_dir, data, trainer)
 
 
-def train(cfg: Config, run_dir: Path) -> RunResult:
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-    L.seed_everything(cfg.train.seed, verbose=False)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+def _trainer(cfg: Config, run_dir: Path, steps: int) -> L.Trainer:
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # no banners or tips
     warnings.filterwarnings("ignore", message=".*flops_per_batch.*")  # FLOPs and MFU arrive with W&B tracking
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own use of a deprecated torch API
-    data, steps = build_data(cfg)
-    module = LM2Module(OmegaConf.to_container(OmegaConf.structured(cfg)))
     t = cfg.train
-    precision = t.precision if t.precision != "auto" else ("bf16-mixed" if torch.cuda.is_available() else "32-true")
+    on_gpu = t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available())
+    precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                   every_n_train_steps=t.val_every_steps)
     throughput = ThroughputMonitor(batch_size_fn=lambda b: b["input_ids"].shape[0],
                                    length_fn=lambda b: b["input_ids"].numel(), window_size=10)
-    trainer = L.Trainer(
+    return L.Trainer(
         default_root_dir=run_dir,
         max_steps=steps,
         accelerator=t.accelerator,
@@ -88,10 +97,21 @@ def train(cfg: Config, run_dir: Path) -> RunResult:
         num_sanity_val_steps=0,
         enable_model_summary=False,
     )
+
+
+def execute(run: PlannedRun) -> RunResult:
+    """Create the run directory, write the resolved config, train, validate, and write result.json."""
+    cfg, run_dir, trainer = run.cfg, run.run_dir, run.trainer
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    L.seed_everything(cfg.train.seed, verbose=False)
+    module = LM2Module(OmegaConf.to_container(OmegaConf.structured(cfg)))
     started = time.perf_counter()
-    trainer.fit(module, datamodule=data)
+    trainer.fit(module, datamodule=run.data)
     seconds = time.perf_counter() - started
-    metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
+    metrics = trainer.validate(module, datamodule=run.data, verbose=False)[0]
     result = RunResult(
         kind=cfg.model.memory.kind,
         attention=cfg.model.attention,
@@ -99,7 +119,7 @@ def train(cfg: Config, run_dir: Path) -> RunResult:
         val_acc=metrics["val/acc"],
         val_loss=metrics["val/loss"],
         steps=trainer.global_step,
-        tokens=trainer.global_step * module.tokens_per_step,
+        tokens=trainer.global_step * cfg.tokens_per_step,
         seconds=seconds,
         run_dir=str(run_dir),
     )
