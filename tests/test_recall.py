@@ -12,4 +12,4 @@ def test_rmt_recalls_above_chance_on_the_quickstart_task(tmp_path):
     cfg = load_config(None, [f"run.root={tmp_path}", "model.memory.kind=rmt", "train.compare_baseline=false"])
     result = execute(plan(cfg))
     # 512 held-out samples: chance is 10% ± 1.3%; segment-local attention stays there (test_cli.py).
-    assert result.val_acc >= RecallTask.chance + 0.08
+    assert result.val_acc >= RecallTask.chance + 0.2

@@ -205,7 +205,9 @@ class MemoryDecoder(nn.Module):
             key_valid = _concat_valid(state.valid, cached, None, K, B, x.device)
             for i, block in enumerate(self.blocks):
                 x, caches[i], _ = block(x, caches[i], key_valid, None)
-            state = replace(state, memory=(self.final_norm(x),))
+            # The raw residual stream, not final_norm(x): normed memory tokens (RMS 1 against embeddings' 0.02)
+            # drown their own attention updates, and RMT stayed at chance (docs/design-notes.md).
+            state = replace(state, memory=(x,))
         return DecoderState(0, (None,) * len(self.blocks), state.memory, (None,) * len(self.memory_layers), None)
 
     @torch.no_grad()
