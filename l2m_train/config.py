@@ -15,6 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 CONF_DIR = Path(str(files("l2m_train.conf")))  # the top-level conf/ folder, installed as a package
 QUICKSTART = CONF_DIR / "experiment" / "quickstart.yaml"
+SOURCES = {"recall", "pretrain", "qa"}
 
 
 class ConfigError(ValueError):
@@ -50,14 +51,47 @@ class ModelConfig:
 
 
 @dataclass
-class RecallDataConfig:
+class RecallConfig:
     """The synthetic recall task: key/value pairs in the first segment, the question in the last."""
 
-    segments: int = 3  # segments per sample
     pairs: int = 2  # key/value pairs to remember
-    train_samples: int = 0  # 0: a fresh sample every step (unlimited, seeded)
-    val_samples: int = 512
-    seed: int = 1234
+    train_samples: int = 0  # 0: a fresh sample at every position (unlimited, seeded)
+
+
+@dataclass
+class PretrainConfig:
+    shards: Optional[str] = None  # a directory written by `l2m data pack`
+    val_fraction: float = 0.01  # the tail of the token stream held out for validation, never trained on
+
+
+@dataclass
+class QAConfig:
+    path: Optional[str] = None  # a directory written by `l2m data babilong` (train and validation splits)
+
+
+@dataclass
+class Stage:
+    """A curriculum stage: from `start_tokens` tokens seen on, samples have up to `segments` segments."""
+
+    start_tokens: int = 0
+    segments: int = 2
+
+
+@dataclass
+class DataConfig:
+    sources: list[str] = field(default_factory=lambda: ["recall"])  # recall | pretrain | qa, mixed by `weights`
+    weights: list[float] = field(default_factory=list)  # one per source; empty: equal weights
+    segments: int = 3  # segments per sample (at the last curriculum stage)
+    curriculum: list[Stage] = field(default_factory=list)  # empty: one stage of `segments` segments from the start
+    val_samples: int = 512  # per source
+    seed: int = 1234  # the data order and the synthetic samples are pure functions of it
+    recall: RecallConfig = field(default_factory=RecallConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    qa: QAConfig = field(default_factory=QAConfig)
+
+    @property
+    def stages(self) -> list[Stage]:
+        return self.curriculum or [Stage(0, self.segments)]
 
 
 @dataclass
@@ -94,7 +128,7 @@ class RunConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: RecallDataConfig = field(default_factory=RecallDataConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -105,7 +139,7 @@ class Config:
 
     @property
     def samples_per_step(self) -> int:
-        """Samples per optimizer step across all devices."""
+        """Samples of the full length per optimizer step across all devices (more, shorter ones in early stages)."""
         return self.train.micro_batch * self.train.accumulate * self.train.devices
 
     @property
@@ -158,10 +192,18 @@ def _parse_override(text: str) -> DictConfig:
         raise ConfigError(f"malformed override '{text}': {err}") from None
 
 
+def experiment_path(name: str | Path | None) -> Path:
+    """A YAML path, or the name of a built-in experiment (conf/experiment/<name>.yaml); None: the quickstart."""
+    if name is None:
+        return QUICKSTART
+    builtin = CONF_DIR / "experiment" / f"{name}.yaml"
+    return builtin if not Path(name).suffix and builtin.is_file() else Path(name)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """Schema ← YAML (with defaults) ← overrides, validated. Raises ConfigError naming the problem."""
     schema = OmegaConf.structured(Config)
-    layers = [_compose(Path(path) if path else QUICKSTART)] + [_parse_override(o) for o in overrides]
+    layers = [_compose(experiment_path(path))] + [_parse_override(o) for o in overrides]
     try:
         merged = OmegaConf.merge(schema, *layers)
         cfg: Config = OmegaConf.to_object(merged)
@@ -180,7 +222,7 @@ def _describe(err: OmegaConfBaseException) -> str:
 
 
 def validate(cfg: Config) -> None:
-    m, mem, t, o = cfg.model, cfg.model.memory, cfg.train, cfg.optim
+    m, mem, t, o, d = cfg.model, cfg.model.memory, cfg.train, cfg.optim, cfg.data
     checks = [
         (m.segment_len > 0, f"model.segment_len must be > 0, got {m.segment_len}"),
         (min(m.d_model, m.n_layers, m.vocab_size, m.d_ff) > 0, "model.d_model, n_layers, vocab_size and d_ff must be > 0"),
@@ -196,9 +238,14 @@ def validate(cfg: Config) -> None:
         (mem.bptt_segments >= -1, f"model.memory.bptt_segments must be >= -1, got {mem.bptt_segments}"),
         (all(0 <= i < m.n_layers for i in mem.layers or []), f"model.memory.layers {mem.layers} out of range for {m.n_layers} layers"),
         (mem.layers != [] or mem.kind != "lm2", "model.memory.layers is empty: for no memory use model.memory.kind=none"),
-        (cfg.data.segments > 1, "data.segments must be > 1: the answer must lie in an earlier segment"),
-        (cfg.data.pairs > 0, "data.pairs must be > 0"),
-        (cfg.data.val_samples > 0 and cfg.data.train_samples >= 0, "data.val_samples must be > 0 and data.train_samples >= 0"),
+        (d.segments > 0, f"data.segments must be > 0, got {d.segments}"),
+        (d.recall.pairs > 0 and d.recall.train_samples >= 0, "data.recall.pairs must be > 0 and data.recall.train_samples >= 0"),
+        (d.val_samples > 0, "data.val_samples must be > 0"),
+        (0 <= d.pretrain.val_fraction < 1, f"data.pretrain.val_fraction must be in [0, 1), got {d.pretrain.val_fraction}"),
+        (bool(d.sources) and set(d.sources) <= SOURCES and len(set(d.sources)) == len(d.sources),
+         f"data.sources must be distinct names among {sorted(SOURCES)}, got {d.sources}"),
+        (not d.weights or (len(d.weights) == len(d.sources) and min(d.weights) >= 0 and sum(d.weights) > 0),
+         f"data.weights {d.weights} must be one non-negative weight per source in data.sources {d.sources}"),
         (min(t.micro_batch, t.accumulate, t.devices) > 0, "train.micro_batch, train.accumulate and train.devices must be > 0"),
         (min(t.val_every_steps, t.log_every_steps) > 0, "train.val_every_steps and train.log_every_steps must be > 0"),
         (t.max_tokens > 0 and t.threads >= 0, "train.max_tokens must be > 0 and train.threads >= 0"),
@@ -207,9 +254,25 @@ def validate(cfg: Config) -> None:
         (o.lr > 0 and o.warmup_tokens >= 0 and o.weight_decay >= 0, "optim.lr must be > 0, warmup_tokens and weight_decay >= 0"),
         (0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}"),
     ]
-    for ok, message in checks:
+    for ok, message in checks + _curriculum_checks(cfg):
         if not ok:
             raise ConfigError(message)
+
+
+def _curriculum_checks(cfg: Config) -> list[tuple[bool, str]]:
+    """Stages start at 0, in order, never beyond data.segments; each keeps the tokens per micro-batch whole."""
+    stages, d, t = cfg.data.stages, cfg.data, cfg.train
+    starts = [s.start_tokens for s in stages]
+    checks = [(starts[0] == 0, "data.curriculum must start with a stage at start_tokens: 0"),
+              (starts == sorted(set(starts)), f"data.curriculum start_tokens must increase, got {starts}")]
+    for i, s in enumerate(stages):
+        checks += [
+            (0 < s.segments <= d.segments, f"data.curriculum[{i}].segments must be in 1..data.segments={d.segments}"),
+            (s.segments > 0 and t.micro_batch * d.segments % s.segments == 0,
+             f"data.curriculum[{i}].segments={s.segments} must divide train.micro_batch × data.segments = "
+             f"{t.micro_batch * d.segments}, so that every micro-batch holds the same number of tokens"),
+        ]
+    return checks
 
 
 def to_yaml(cfg: Config) -> str:

@@ -8,7 +8,7 @@ import pytest
 
 from l2m_train.config import load_config
 from l2m_train.data.recall import RecallTask
-from l2m_train.data.recall_module import RecallDataModule
+from l2m_train.data.sources import RecallSource
 
 L2M = str(Path(sys.executable).parent / "l2m")  # the installed console script
 
@@ -33,8 +33,10 @@ def test_help_lists_the_verbs():
         (["model.sgment_len=4"], "unknown config key 'model.sgment_len'"),
         (["oops"], "malformed override 'oops'"),
         (["--config", "missing.yaml"], "config file not found: missing.yaml"),
-        (["data.pairs=9"], "do not fit a segment"),
-        (["model.vocab_size=64"], "smaller than the 256 byte tokens"),
+        (["data.recall.pairs=9"], "do not fit a segment"),
+        (["model.vocab_size=64"], "smaller than the 257 tokens"),
+        (["data.sources=[qa]", "data.qa.path=nowhere"], "nowhere is not a `l2m data babilong` output"),
+        (["data.curriculum=[{start_tokens: 0, segments: 1}]"], "at least 2 segments"),
         (["train.devices=0"], "train.devices must be > 0"),
     ],
 )
@@ -93,7 +95,7 @@ def test_quickstart_lm2_recalls_what_segment_local_attention_cannot(quickstart):
 @pytest.mark.slow
 def test_generate_streams_the_recalled_answer(quickstart):
     run, _ = quickstart
-    task = RecallDataModule(load_config(), train_samples=1).val_set  # the quickstart's own held-out stories
+    task = RecallSource(load_config()).held_out()  # the quickstart's own held-out stories
     right = 0
     for i in range(5):
         context, answer = task.text(i)

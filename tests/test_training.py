@@ -8,6 +8,7 @@ import torch
 from l2m_train.config import OptimConfig, load_config
 from l2m_train.data import IGNORE
 from l2m_train.data.recall import RecallTask
+from l2m_train.data.sample import collate
 from l2m_train.model import MemoryDecoder
 from l2m_train.train.losses import lm_loss
 from l2m_train.train.optim import adamw, lr_at
@@ -47,15 +48,16 @@ def test_weight_decay_applies_to_matrices_only():
 
 
 def test_recall_samples_put_the_answer_only_in_the_first_segment():
-    task = RecallTask(segment_len=16, segments=3, pairs=2, size=50, seed=0)
+    task = RecallTask(segment_len=16, segments=3, pairs=2, seed=0)
     for i in range(50):
         context, answer = task.text(i)
         assert len(context) == 48 and answer.isdigit()
         key = context[-2]
         assert f"{key}={answer}" in context[:16] and answer not in context[16:]
-        sample = task[i]
-        assert (sample["labels"] != IGNORE).sum() == 1 and sample["labels"][-1] == ord(answer)
-    assert task.text(7) == RecallTask(16, 3, 2, 50, 0).text(7)  # a pure function of (seed, index)
+        batch = collate([task.sample(i)], length=48)
+        assert (batch["labels"] != IGNORE).sum() == 1 and batch["labels"][0, -1] == ord(answer)
+        assert batch["input_ids"][0].tolist() == list(context.encode())
+    assert task.text(7) == RecallTask(16, 3, 2, 0).text(7)  # a pure function of (seed, index)
 
 
 def _column(path, name):

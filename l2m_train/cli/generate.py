@@ -4,12 +4,10 @@ earlier segments held; then tokens are generated one at a time with a KV cache i
 from __future__ import annotations
 
 import argparse
-import codecs
 import sys
 
 import torch
 
-from l2m_train.data.tokenizer import ByteTokenizer
 from l2m_train.train.checkpoint import load_model
 
 HELP = "stream generated text from a checkpoint"
@@ -32,14 +30,19 @@ def positive_int(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    model, _ = load_model(args.checkpoint)
-    tokenizer = ByteTokenizer()
-    prompt = tokenizer.encode(args.prompt) or tokenizer.encode("\n")
+    model, _, tokenizer = load_model(args.checkpoint)
+    prompt = tokenizer.encode(args.prompt) or [tokenizer.eos_id]
     torch.manual_seed(args.seed)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span several byte tokens
     sys.stdout.write(args.prompt)
+    generated, shown = [], ""
     for token, _ in model.generate(torch.tensor([prompt]), args.max_new_tokens, args.temperature, args.top_k):
-        sys.stdout.write(decoder.decode(bytes([token.item()])))
-        sys.stdout.flush()
-    sys.stdout.write(decoder.decode(b"", final=True) + "\n")
+        if token.item() == tokenizer.eos_id:
+            break
+        generated.append(token.item())
+        text = tokenizer.decode(generated)
+        if not text.endswith("\ufffd"):  # a character may span several tokens: wait until it is whole
+            sys.stdout.write(text[len(shown):])
+            sys.stdout.flush()
+            shown = text
+    sys.stdout.write(tokenizer.decode(generated)[len(shown):] + "\n")
     return 0

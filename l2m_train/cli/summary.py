@@ -1,6 +1,7 @@
-"""The end-of-training summary: recall accuracy of each model next to what chance allows."""
+"""The end-of-training summary: held-out accuracy of each model (next to chance for the recall task)."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from rich.console import Console
@@ -8,24 +9,32 @@ from rich.table import Table
 
 from l2m_train.config import Config
 from l2m_train.data.recall import RecallTask
-from l2m_train.data.recall_module import RecallDataModule
 from l2m_train.train.run import RunResult
 
+PROMPT_LIMIT = 400  # characters: longer held-out contexts are not worth pasting into a command line
 
-def print_summary(results: list[RunResult], cfg: Config) -> None:
+
+def print_summary(results: list[RunResult], cfg: Config, example: tuple[str, str] | None) -> None:
     d = cfg.data
-    pairs = "1 key/value pair" if d.pairs == 1 else f"{d.pairs} key/value pairs"
-    table = Table(title=f"Recall on {d.val_samples} held-out samples\n({pairs} in segment 1, the question in segment {d.segments})")
-    for column in ("model", "params", "tokens", "train time", "val loss", "recall"):
+    source = d.sources[0]
+    if source == "recall":
+        pairs = "1 key/value pair" if d.recall.pairs == 1 else f"{d.recall.pairs} key/value pairs"
+        title = f"Recall on {d.val_samples} held-out samples\n({pairs} in segment 1, the question in segment {d.segments})"
+    else:
+        title = f"{source} on up to {d.val_samples} held-out samples of at most {d.segments} segments"
+    table = Table(title=title)
+    for column in ("model", "params", "tokens", "train time", "val loss", "token acc", "exact"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for r in results:
         table.add_row(r.label, f"{r.params / 1e3:,.0f}k", f"{r.tokens:,}", f"{r.seconds:.0f} s",
-                      f"{r.val_loss:.3f}", f"{100 * r.val_acc:.1f}%")
-    table.add_row("chance", "", "", "", "", f"{100 * RecallTask.chance:.1f}%", style="dim")
+                      f"{r.val_loss:.3f}", f"{100 * r.val_acc:.1f}%", f"{100 * r.val_exact:.1f}%")
+    if source == "recall":
+        table.add_row("chance", "", "", "", "", f"{100 * RecallTask.chance:.1f}%", "", style="dim")
     console = Console()
     console.print(table)
     ckpt = Path(results[0].run_dir) / "checkpoints" / "last.ckpt"
     console.print(f"run directory: {results[0].run_dir}\ncheckpoint: {ckpt}")
-    context, answer = RecallDataModule(cfg, train_samples=1).val_set.text(0)
-    print(f"ask it a held-out question (the answer is {answer}):\n"
-          f"  l2m generate {ckpt} --prompt '{context}' --max-new-tokens 1 --temperature 0")
+    if example is not None and len(example[0]) <= PROMPT_LIMIT:
+        context, answer = example
+        print(f"ask it a held-out question (the answer is {answer.strip()!r}):\n"
+              f"  l2m generate {ckpt} --prompt {shlex.quote(context)} --max-new-tokens {len(answer)} --temperature 0")

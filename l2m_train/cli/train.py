@@ -7,6 +7,7 @@ examples:
   l2m train model.memory.kind=rmt run.name=rmt     the RMT baseline on the same task
   l2m train model=small train.max_tokens=5000000      a bigger preset, more tokens
   l2m train --config my.yaml --print-config        check a config without training
+  l2m train --config babilong-curriculum           a built-in experiment (conf/experiment/); see its header
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ HELP = "train a model (default: the built-in quickstart)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="YAML", help="experiment config (default: the built-in quickstart)")
+    parser.add_argument("--config", metavar="YAML", help="experiment config: a YAML file or the name of a built-in one "
+                        "(quickstart, babilong-curriculum; default: quickstart)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. model.memory.slots=32; a group name swaps a preset: model=small")
@@ -35,5 +37,5 @@ def run(args: argparse.Namespace) -> int:
     if cfg.train.compare_baseline and cfg.model.memory.kind != "none":
         configs.append(baseline_config(cfg))
     runs = [plan(c) for c in configs]  # every error surfaces before any run directory exists
-    print_summary([execute(r) for r in runs], cfg)
+    print_summary([execute(r) for r in runs], cfg, runs[0].data.sources[0].example())
     return 0

@@ -1,6 +1,6 @@
 """A synthetic recall task whose answer lies only in an earlier segment.
 
-A sample is `segments × segment_len` characters of text (bytes are the tokens):
+A sample is `segments × segment_len` characters of text (the byte tokenizer: bytes are the tokens):
 
     segment 0      K=v pairs, then filler        "A=3 Q=7 xkcdhewo"
     middle         filler                        "pqmzlrudwhfnyeat"
@@ -14,27 +14,23 @@ from __future__ import annotations
 import string
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from l2m_train.data import IGNORE
-from l2m_train.data.tokenizer import ByteTokenizer
+from l2m_train.data.sample import Sample
+from l2m_train.data.tokenizer import TextTokenizer
 
 
-class RecallTask(Dataset):
+class RecallTask:
     chance = 1 / len(string.digits)  # the best a model that cannot see the pairs can do
 
-    def __init__(self, segment_len: int, segments: int, pairs: int, size: int, seed: int):
+    def __init__(self, segment_len: int, segments: int, pairs: int, seed: int):
         if pairs * 4 > segment_len or segment_len < 4:
             raise ValueError(f"{pairs} pairs of 4 characters do not fit a segment of {segment_len} tokens")
         if pairs > len(string.ascii_uppercase):
             raise ValueError(f"at most {len(string.ascii_uppercase)} pairs (the keys are distinct capitals), got {pairs}")
-        self.segment_len, self.segments, self.pairs = segment_len, segments, pairs
-        self.size, self.seed = size, seed
-        self.tokenizer = ByteTokenizer()
-
-    def __len__(self) -> int:
-        return self.size
+        if segments < 2:
+            raise ValueError(f"recall samples need at least 2 segments (the answer lies in an earlier one), got {segments}")
+        self.segment_len, self.segments, self.pairs, self.seed = segment_len, segments, pairs, seed
+        self.tokenizer = TextTokenizer.byte()
 
     def text(self, index: int) -> tuple[str, str]:
         """(context ending with the question, answer), a pure function of (seed, index)."""
@@ -50,9 +46,8 @@ class RecallTask(Dataset):
         last = filler(L - 3) + f"?{keys[asked]}="
         return first + middle + last, str(values[asked])
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def sample(self, index: int) -> Sample:
+        """The text as tokens (bytes); only the answer, the last token, is supervised."""
         context, answer = self.text(index)
-        ids = torch.tensor(self.tokenizer.encode(context + answer))
-        labels = torch.full_like(ids[1:], IGNORE)
-        labels[-1] = ids[-1]
-        return {"input_ids": ids[:-1], "labels": labels}
+        ids = np.asarray(self.tokenizer.encode(context + answer))
+        return Sample(ids, loss_from=len(ids) - 1)

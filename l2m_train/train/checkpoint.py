@@ -6,6 +6,8 @@ from pathlib import Path
 import torch
 
 from l2m_train.config import Config, ConfigError, from_dict
+from l2m_train.data import DataError
+from l2m_train.data.tokenizer import TextTokenizer
 from l2m_train.model import MemoryDecoder
 
 
@@ -13,7 +15,7 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or not ours, described in one line."""
 
 
-def load_model(path: str | Path) -> tuple[MemoryDecoder, Config]:
+def load_model(path: str | Path) -> tuple[MemoryDecoder, Config, TextTokenizer]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -34,4 +36,9 @@ def load_model(path: str | Path) -> tuple[MemoryDecoder, Config]:
         model.load_state_dict(weights)
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit its model config: {str(err).splitlines()[0]}") from None
-    return model.eval(), cfg
+    data_state = ckpt.get("TrainingData", {})  # the data module's state holds the tokenizer as JSON text
+    try:
+        tokenizer = TextTokenizer.from_json(data_state["tokenizer"]) if "tokenizer" in data_state else TextTokenizer.byte()
+    except DataError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    return model.eval(), cfg, tokenizer

@@ -16,6 +16,8 @@ class LMLoss:
     per_segment: Tensor  # mean per segment index; NaN where a segment has no supervised position
     correct: Tensor  # supervised positions predicted right (argmax)
     count: Tensor  # supervised positions
+    exact: Tensor  # samples whose supervised positions are all right (a QA answer matched exactly)
+    samples: Tensor  # samples with a supervised position
 
 
 def lm_loss(logits: Tensor, labels: Tensor, segment_len: int) -> LMLoss:
@@ -30,5 +32,7 @@ def lm_loss(logits: Tensor, labels: Tensor, segment_len: int) -> LMLoss:
     n_segments = (T + segment_len - 1) // segment_len
     seg_sum = torch.zeros(n_segments, device=labels.device).index_add_(0, segment_of, token_loss.sum(0))
     seg_count = torch.zeros(n_segments, device=labels.device).index_add_(0, segment_of, supervised.sum(0).float())
-    correct = ((logits.argmax(-1) == labels) & supervised).sum()
-    return LMLoss(loss, seg_sum / seg_count, correct, count)
+    right = (logits.argmax(-1) == labels) & supervised
+    has_label = supervised.any(1)
+    exact = ((right == supervised).all(1) & has_label).sum()
+    return LMLoss(loss, seg_sum / seg_count, right.sum(), count, exact, has_label.sum())

@@ -15,6 +15,11 @@ from l2m_train.train.losses import lm_loss
 from l2m_train.train.optim import adamw, lr_at
 
 
+def val_prefix(sources: list[str], index: int) -> str:
+    """val/… for a single source; val/<source>/… for each source of a mixture."""
+    return "val" if len(sources) == 1 else f"val/{sources[index]}"
+
+
 class LM2Module(L.LightningModule):
     def __init__(self, config: dict[str, Any]):
         super().__init__()
@@ -22,17 +27,19 @@ class LM2Module(L.LightningModule):
         self.cfg: Config = from_dict(config)
         self.model = MemoryDecoder(self.cfg.model)
 
-    def _shared_step(self, batch: dict[str, torch.Tensor], stage: str):
+    def _shared_step(self, batch: dict[str, torch.Tensor], prefix: str):
         out = self.model(batch["input_ids"], valid=batch.get("valid"))
         result = lm_loss(out.logits, batch["labels"], self.cfg.model.segment_len)
-        train = stage == "train"
+        train = prefix == "train"
         # Training logs every step; validation averages over the whole set (across ranks).
-        how = dict(batch_size=batch["input_ids"].shape[0], on_step=train, on_epoch=not train, sync_dist=not train)
-        self.log(f"{stage}/loss", result.loss, prog_bar=True, **how)
-        self.log(f"{stage}/acc", result.correct.float() / result.count.clamp(min=1), prog_bar=True, **how)
+        how = dict(batch_size=batch["input_ids"].shape[0], on_step=train, on_epoch=not train, sync_dist=not train,
+                   add_dataloader_idx=False)
+        self.log(f"{prefix}/loss", result.loss, prog_bar=True, **how)
+        self.log(f"{prefix}/acc", result.correct.float() / result.count.clamp(min=1), prog_bar=True, **how)
+        self.log(f"{prefix}/exact", result.exact.float() / result.samples.clamp(min=1), **how)
         for s, value in enumerate(result.per_segment.tolist()):  # one device sync for all segments
             if not math.isnan(value):  # segments without supervised tokens have no loss to show
-                self.log(f"{stage}/loss_seg{s}", value, **how)
+                self.log(f"{prefix}/loss_seg{s}", value, **how)
         if train:
             self.log_dict({f"gates/{name}": value for name, value in out.gates.items()}, **how)
         return result.loss
@@ -41,10 +48,15 @@ class LM2Module(L.LightningModule):
         loss = self._shared_step(batch, "train")
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         self.log("train/tokens", float(self.global_step * self.cfg.tokens_per_step))
+        if "stage" in batch:  # the curriculum: its stage and how long samples are right now
+            valid = batch.get("valid")
+            real = batch["input_ids"].numel() if valid is None else valid.sum().item()
+            self.log_dict({"data/stage": float(batch["stage"]), "data/segments": float(batch["segments"]),
+                           "data/sample_tokens": real / batch["input_ids"].shape[0]})
         return loss
 
-    def validation_step(self, batch, batch_idx):
-        self._shared_step(batch, "val")
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        self._shared_step(batch, val_prefix(self.cfg.data.sources, dataloader_idx))
 
     def on_before_optimizer_step(self, optimizer):
         self.log("train/grad_norm", grad_norm(self.model, norm_type=2)["grad_2.0_norm_total"])

@@ -16,9 +16,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import OmegaConf
 
 from l2m_train.config import Config, ConfigError, to_yaml
-from l2m_train.data.recall_module import RecallDataModule
-from l2m_train.data.tokenizer import ByteTokenizer
-from l2m_train.train.module import LM2Module
+from l2m_train.data.module import DataPosition, TrainingData
+from l2m_train.train.module import LM2Module, val_prefix
 
 
 @dataclass
@@ -26,7 +25,8 @@ class RunResult:
     kind: str
     attention: str
     params: int
-    val_acc: float
+    val_acc: float  # supervised tokens predicted right
+    val_exact: float  # samples whose every supervised token is right (a whole answer)
     val_loss: float
     steps: int
     tokens: int
@@ -44,7 +44,7 @@ class PlannedRun:
 
     cfg: Config
     run_dir: Path
-    data: RecallDataModule
+    data: TrainingData
     trainer: L.Trainer
 
 
@@ -56,14 +56,11 @@ def plan(cfg: Config) -> PlannedRun:
     run_dir = Path(cfg.run.root) / cfg.run.name
     if run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"run directory {run_dir} already exists; choose another run.name=… or remove it")
-    if cfg.model.vocab_size < ByteTokenizer.vocab_size:
-        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the {ByteTokenizer.vocab_size} "
-                          "byte tokens of the recall data")
+    data = TrainingData(cfg)
+    if cfg.model.vocab_size < data.tokenizer.vocab_size:
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the {data.tokenizer.vocab_size} "
+                          f"tokens of the data's tokenizer")
     steps = max(1, cfg.train.max_tokens // cfg.tokens_per_step)
-    try:
-        data = RecallDataModule(cfg, train_samples=steps * cfg.samples_per_step)
-    except ValueError as err:
-        raise ConfigError(f"data: {err}") from None
     try:
         trainer = _trainer(cfg, run_dir, steps)
     except (MisconfigurationException, ValueError) as err:  # e.g. a GPU asked for on a machine without one
@@ -93,7 +90,8 @@ def _trainer(cfg: Config, run_dir: Path, steps: int) -> L.Trainer:
         val_check_interval=min(t.val_every_steps, steps) * t.accumulate,
         log_every_n_steps=t.log_every_steps,
         logger=CSVLogger(run_dir, name="logs", version=""),
-        callbacks=[checkpoints, throughput],
+        callbacks=[checkpoints, throughput, DataPosition()],
+        use_distributed_sampler=False,  # ranks take disjoint slices of each global batch themselves
         num_sanity_val_steps=0,
         enable_model_summary=False,
     )
@@ -104,6 +102,7 @@ def execute(run: PlannedRun) -> RunResult:
     cfg, run_dir, trainer = run.cfg, run.run_dir, run.trainer
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    run.data.tokenizer.save(run_dir)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     L.seed_everything(cfg.train.seed, verbose=False)
@@ -112,12 +111,14 @@ def execute(run: PlannedRun) -> RunResult:
     trainer.fit(module, datamodule=run.data)
     seconds = time.perf_counter() - started
     metrics = trainer.validate(module, datamodule=run.data, verbose=False)[0]
+    prefix = val_prefix(cfg.data.sources, 0)  # a mixture reports its first source
     result = RunResult(
         kind=cfg.model.memory.kind,
         attention=cfg.model.attention,
         params=sum(p.numel() for p in module.model.parameters()),
-        val_acc=metrics["val/acc"],
-        val_loss=metrics["val/loss"],
+        val_acc=metrics[f"{prefix}/acc"],
+        val_exact=metrics[f"{prefix}/exact"],
+        val_loss=metrics[f"{prefix}/loss"],
         steps=trainer.global_step,
         tokens=trainer.global_step * cfg.tokens_per_step,
         seconds=seconds,

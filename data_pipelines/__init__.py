@@ -1,0 +1,1 @@
+"""Data pipelines: sources → artifacts (tokenizers, packed shards, bAbI stories, BABILong-style samples). `l2m data …`."""
