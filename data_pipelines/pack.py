@@ -100,8 +100,8 @@ class ShardWriter:
         self.buffered = 0
         self.documents = 0
 
-    def add(self, ids: list[int], eos: int) -> None:
-        self.buffer.append(np.asarray(ids + [eos], dtype=self.dtype))
+    def add(self, ids: np.ndarray, eos: int) -> None:
+        self.buffer.append(np.append(ids.astype(self.dtype), np.asarray(eos, dtype=self.dtype)))
         self.buffered += len(ids) + 1
         self.documents += 1
         while self.buffered >= self.shard_tokens:
@@ -123,7 +123,8 @@ class ShardWriter:
 
 
 def _encode(batch: dict, tokenizer: TextTokenizer) -> dict:
-    return {"ids": tokenizer.encode_batch(batch["text"])}
+    # numpy arrays, not Python lists: arrow stores them without a per-token Python object
+    return {"ids": [np.asarray(ids, dtype=np.int32) for ids in tokenizer.encode_batch(batch["text"])]}
 
 
 def pack(sources: list[str], tokenizer: TextTokenizer, out_dir: str | Path, *, shard_tokens: int = 100_000_000,
@@ -156,7 +157,7 @@ def pack(sources: list[str], tokenizer: TextTokenizer, out_dir: str | Path, *, s
                                  desc="tokenizing")
         with Progress(transient=True) as progress:
             task = progress.add_task("packing", total=None if streaming else len(tokenized))
-            for batch in tokenized.iter(batch_size=256):
+            for batch in tokenized.with_format("numpy").iter(batch_size=256):
                 for ids in batch["ids"]:
                     writer.add(ids, tokenizer.eos_id)
                 progress.advance(task, len(batch["ids"]))

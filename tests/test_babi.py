@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from l2m_train.data_pipelines.babi import Question, read_babi_dir, read_babi_file, task_files
-from l2m_train.data_pipelines.babi_generate import TASKS, generate_stories, write_babi_dir
 
 from l2m_train.data import DataError
+from l2m_train.data_pipelines.babi import Question, read_babi_dir, read_babi_file, task_files
+from l2m_train.data_pipelines.babi_generate import TASKS, generate_stories, write_babi_dir
 
 BABI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "babi"
 L2M = str(Path(sys.executable).parent / "l2m")

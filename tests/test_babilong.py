@@ -143,15 +143,16 @@ def test_train_runs_through_two_curriculum_stages_on_babilong(stories, tmp_path)
     build(str(stories), [hay], [0, 1024], ["qa1"], 200, 8, TOKENIZER, str(data))
     out = subprocess.run([L2M, "train", "--config", "babilong-curriculum", f"data.qa.path={data}",
                           f"run.root={tmp_path / 'runs'}", "train.max_tokens=120000", "train.val_every_steps=8",
-                          "train.log_every_steps=1", "data.curriculum=[{start_tokens: 0, segments: 3}, "
-                          "{start_tokens: 55296, segments: 9}]", "data.val_samples=16"],
+                          "train.log_every_steps=1", "data.curriculum=[{start_tokens: 0, segments: 5}, "
+                          "{start_tokens: 61440, segments: 10}]", "data.val_samples=16"],
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [r for r in csv.DictReader(open(tmp_path / "runs" / "babilong-curriculum" / "logs" / "metrics.csv"))
             if r.get("data/stage")]
     stages = [int(float(r["data/stage"])) for r in rows]
     assert stages == sorted(stages) and set(stages) == {0, 1}
-    short = [float(r["data/sample_tokens"]) for r in rows if r["data/stage"] == "0.0"]
-    long = [float(r["data/sample_tokens"]) for r in rows if r["data/stage"] == "1.0"]
-    assert max(short) <= 3 * 128 and sum(long) / len(long) > 1.5 * sum(short) / len(short)  # samples grew
+    by_stage = {k: [r for r in rows if int(float(r["data/stage"])) == k] for k in (0, 1)}
+    assert {float(r["data/segments"]) for r in by_stage[0]} == {5} and {float(r["data/segments"]) for r in by_stage[1]} == {10}
+    assert max(float(r["data/sample_tokens_max"]) for r in by_stage[0]) <= 5 * 128  # 0k samples only
+    assert max(float(r["data/sample_tokens_max"]) for r in by_stage[1]) > 5 * 128  # 1k samples joined in
     assert json.loads((tmp_path / "runs" / "babilong-curriculum" / "result.json").read_text())["steps"] > 0

@@ -1,7 +1,6 @@
 """DESIGN 2.4: causality, streaming equivalence and constant inference memory, for every model kind."""
 import pytest
 import torch
-
 from conftest import KINDS, tiny_model
 
 T = 29  # three full segments of 8 and a partial fourth

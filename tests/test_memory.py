@@ -1,8 +1,8 @@
 """The LM2 memory layer's arithmetic, its padding-aware write, and truncated backpropagation through it."""
 import pytest
 import torch
-
 from conftest import KINDS, tiny_config, tiny_model
+
 from l2m_train.model import MemoryDecoder
 from l2m_train.model.memory import LM2Memory
 

@@ -15,7 +15,6 @@ from l2m_train.data import DataError
 from l2m_train.data.order import Pool
 from l2m_train.data.recall import RecallTask
 from l2m_train.data.sample import Sample
-
 from l2m_train.data.tokenizer import TextTokenizer
 
 
@@ -86,7 +85,11 @@ class PretrainSource:
 
 
 class QASource:
-    """A `l2m data babilong` dataset: one pool per target length, allowed at a stage when its samples fit."""
+    """A `l2m data babilong` dataset: at each stage, one pool per target length, of its samples that fit.
+
+    Short stages so draw from short lengths only (and from the shorter stories of a length's samples);
+    a length none of whose samples fits is not allowed yet.
+    """
 
     name = "qa"
 
@@ -110,11 +113,8 @@ class QASource:
         self.tokenizer = TextTokenizer.load(root)
         self.train, self.validation = splits["train"], splits["validation"]
         self.capacity, self.full = cfg.model.segment_len, cfg.data.segments
-        lengths = np.asarray(self.train["target_length"])
-        tokens = np.asarray(self.train["tokens"])
-        # target length → (indices of its samples, the most input positions any of them needs)
-        self.by_length = {int(t): (np.flatnonzero(lengths == t), int(tokens[lengths == t].max()) - 1)
-                          for t in np.unique(lengths)}
+        self.lengths = np.asarray(self.train["target_length"])
+        self.inputs = np.asarray(self.train["tokens"]) - 1  # positions each sample needs: all tokens but the last
 
     def _sample(self, split, i: int) -> Sample:
         row = split[int(i)]
@@ -122,12 +122,14 @@ class QASource:
 
     def pools(self, segments: int) -> list[Pool]:
         room = segments * self.capacity
-        pools = [Pool(f"qa/{t}", len(idx), lambda i, idx=idx: self._sample(self.train, idx[i]))
-                 for t, (idx, need) in self.by_length.items() if need <= room]
+        pools = []
+        for t in np.unique(self.lengths):
+            fits = np.flatnonzero((self.lengths == t) & (self.inputs <= room))
+            if len(fits):
+                pools.append(Pool(f"qa/{t}/{room}", len(fits), lambda i, fits=fits: self._sample(self.train, fits[i])))
         if not pools:
-            shortest = min(need for _, need in self.by_length.values())
-            raise DataError(f"no QA sample fits {segments} segments ({room:,} positions); the shortest need {shortest:,}: "
-                            "raise the curriculum's segments or build shorter lengths")
+            raise DataError(f"no QA sample fits {segments} segments ({room:,} positions); the shortest needs "
+                            f"{self.inputs.min():,}: raise the curriculum's segments or build shorter lengths")
         return pools
 
     def val(self, n: int) -> list[Sample]:

@@ -33,7 +33,8 @@ class TextTokenizer:
         alphabet = ByteLevel.alphabet()  # the printable stand-ins byte-level BPE uses for the 256 bytes
         by_byte = sorted(alphabet, key=lambda ch: _BYTE_OF[ch])
         vocab = {ch: b for b, ch in enumerate(by_byte)} | {cls.EOS: 256}
-        return cls._byte_level(models.BPE(vocab=vocab, merges=[]))
+        # No merges, so no need to split words first: without the regex, encoding is ~4× faster.
+        return cls._byte_level(models.BPE(vocab=vocab, merges=[]), split_words=False)
 
     @classmethod
     def train_bpe(cls, texts: Iterable[str], vocab_size: int) -> "TextTokenizer":
@@ -44,9 +45,9 @@ class TextTokenizer:
         return cls(tokenizer)
 
     @classmethod
-    def _byte_level(cls, model: models.BPE) -> "TextTokenizer":
+    def _byte_level(cls, model: models.BPE, split_words: bool = True) -> "TextTokenizer":
         tokenizer = Tokenizer(model)
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=split_words)
         tokenizer.decoder = decoders.ByteLevel()
         tokenizer.add_special_tokens([cls.EOS])
         return cls(tokenizer)

@@ -50,9 +50,9 @@ class LM2Module(L.LightningModule):
         self.log("train/tokens", float(self.global_step * self.cfg.tokens_per_step))
         if "stage" in batch:  # the curriculum: its stage and how long samples are right now
             valid = batch.get("valid")
-            real = batch["input_ids"].numel() if valid is None else valid.sum().item()
+            real = torch.full_like(batch["input_ids"][:, 0], batch["input_ids"].shape[1]) if valid is None else valid.sum(1)
             self.log_dict({"data/stage": float(batch["stage"]), "data/segments": float(batch["segments"]),
-                           "data/sample_tokens": real / batch["input_ids"].shape[0]})
+                           "data/sample_tokens": real.float().mean(), "data/sample_tokens_max": real.max().float()})
         return loss
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
