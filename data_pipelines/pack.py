@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -64,7 +65,6 @@ def load_documents(files: list[Path], hub: str | None, hub_config: str | None, s
     """A datasets Dataset (IterableDataset when streaming) with one column, `text`."""
     import datasets
 
-    datasets.disable_progress_bars() if streaming else None
     try:
         if hub:
             if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
@@ -165,8 +165,6 @@ def pack(sources: list[str], tokenizer: TextTokenizer, out_dir: str | Path, *, s
         total = sum(s["tokens"] for s in writer.shards)
         if total == writer.documents:  # every document was empty: only end-of-text tokens
             raise DataError(f"the input holds no text ({writer.documents} empty documents)")
-        import shutil
-
         shutil.rmtree(cache, ignore_errors=True)
         manifest = {
             "format": FORMAT, "sources": described,
