@@ -69,11 +69,12 @@ def test_shards_hold_every_document_then_end_of_text(corpus, tmp_path):
     assert shards.tokenizer().fingerprint == tok.fingerprint
 
 
-def test_two_processes_write_the_same_bytes_as_one(corpus, tmp_path):
+def test_two_processes_and_streaming_write_the_same_bytes_as_one(corpus, tmp_path):
     pack([str(corpus)], TextTokenizer.byte(), tmp_path / "one", shard_tokens=100, num_proc=1)
     pack([str(corpus)], TextTokenizer.byte(), tmp_path / "two", shard_tokens=100, num_proc=2)
-    one, two = sorted((tmp_path / "one").glob("*.bin")), sorted((tmp_path / "two").glob("*.bin"))
-    assert [p.read_bytes() for p in one] == [p.read_bytes() for p in two]
+    pack([str(corpus)], TextTokenizer.byte(), tmp_path / "stream", shard_tokens=100, streaming=True)
+    one, two, stream = (sorted((tmp_path / d).glob("*.bin")) for d in ("one", "two", "stream"))
+    assert [p.read_bytes() for p in one] == [p.read_bytes() for p in two] == [p.read_bytes() for p in stream]
 
 
 def test_a_rerun_on_the_same_input_is_a_no_op_and_new_input_rebuilds(corpus, tmp_path):

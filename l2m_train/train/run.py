@@ -82,6 +82,7 @@ def _trainer(cfg: Config, run_dir: Path, steps: int) -> L.Trainer:
     return L.Trainer(
         default_root_dir=run_dir,
         max_steps=steps,
+        max_epochs=1,  # the training stream is endless: one "epoch" that max_steps ends
         accelerator=t.accelerator,
         devices=t.devices,
         precision=precision,
