@@ -133,8 +133,9 @@ class QASource:
         return pools
 
     def val(self, n: int) -> list[Sample]:
-        """The first n validation samples that fit the last stage (longer lengths are never trained either)."""
-        fits = np.flatnonzero(np.asarray(self.validation["tokens"]) - 1 <= self.full * self.capacity)[:n]
+        """n validation samples, evenly spread over the tasks and lengths that fit the last stage."""
+        fits = np.flatnonzero(np.asarray(self.validation["tokens"]) - 1 <= self.full * self.capacity)
+        fits = fits[:: max(1, len(fits) // n)][:n]
         return [self._sample(self.validation, i) for i in fits]
 
     def example(self) -> tuple[str, str]:
