@@ -78,12 +78,15 @@ class MicroBatches(IterableDataset):
         cfg, state = self.cfg, self.state
         L, full, stages = cfg.model.segment_len, cfg.data.segments, cfg.data.stages
         per_step = cfg.tokens_per_step
+        pools: dict[int, list] = {}
         while True:
             # The stage is fixed for a whole optimizer step: it follows the tokens seen when the step began.
             k = stage_at(stages, state.tokens // per_step * per_step)
             segments = stages[k].segments
             n = samples_per_micro_batch(cfg.train.micro_batch, full, segments)
-            picked = self.order.draw(state, [s.pools(segments) for s in self.sources], n * self.world)
+            if segments not in pools:  # a stage's pools are fixed: build them once
+                pools[segments] = [s.pools(segments) for s in self.sources]
+            picked = self.order.draw(state, pools[segments], n * self.world)
             state.tokens += cfg.train.micro_batch * full * L * self.world
             samples: list[Sample] = [pool.get(i) for pool, i in picked[self.rank * n:(self.rank + 1) * n]]
             batch = collate(samples, segments * L)
