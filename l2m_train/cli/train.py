@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from l2m_train.cli.summary import print_summary
 from l2m_train.config import load_config, to_yaml
-from l2m_train.train.run import baseline_config, execute, plan
 
 HELP = "train a model (default: the built-in quickstart)"
 
@@ -33,6 +31,10 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    # Lightning loads in seconds: only a verb that trains pays for it.
+    from l2m_train.cli.summary import print_summary
+    from l2m_train.train.run import baseline_config, execute, plan
+
     configs = [cfg]
     if cfg.train.compare_baseline and cfg.model.memory.kind != "none":
         configs.append(baseline_config(cfg))
