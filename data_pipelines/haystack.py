@@ -6,12 +6,12 @@ paragraphs whose hard line wraps are joined; common abbreviations (Mr., Mrs., �
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 
 from l2m_train.data import DataError
 from l2m_train.data.tokenizer import TextTokenizer
+from l2m_train.data_pipelines.files import find_files
 
 _END = re.compile(r"""[.!?]["'’”)\]]*(?=\s+["'‘“(\[]?[A-Z]|\s*$)""")
 _ABBREVIATIONS = ("Mr.", "Mrs.", "Dr.", "St.", "Mme.", "Col.", "Capt.", "Gen.", "Lt.", "Sir.")
@@ -32,28 +32,11 @@ def split_sentences(text: str) -> list[str]:
     return sentences
 
 
-def text_files(paths: list[str]) -> list[Path]:
-    """The files named, and the *.txt files under each directory named, in a stable order."""
-    files = []
-    for name in paths:
-        path = Path(name)
-        if path.is_dir():
-            found = sorted(path.rglob("*.txt"))
-            if not found:
-                raise DataError(f"haystack directory {path} holds no .txt files")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise DataError(f"haystack path not found: {path}")
-    return files
-
-
 class Haystack:
     """Every sentence of the books, in reading order, as token ids (each with its leading space)."""
 
     def __init__(self, paths: list[str], tokenizer: TextTokenizer):
-        self.files = text_files(paths)
+        self.files = find_files(paths, (".txt",), "haystack")
         sentences = []
         for path in self.files:
             try:

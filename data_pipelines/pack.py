@@ -27,6 +27,7 @@ from rich.progress import Progress
 from l2m_train.data import DataError
 from l2m_train.data.shards import read_manifest, sha256_file
 from l2m_train.data.tokenizer import TextTokenizer
+from l2m_train.data_pipelines.files import find_files
 from l2m_train.io import publish_dir, publish_text
 
 HELP = "tokenize text and pack it into memory-mapped token shards with a manifest"
@@ -35,22 +36,7 @@ FORMAT = 1
 
 
 def input_files(paths: list[str]) -> list[Path]:
-    """The files named, and every file of a known type under each directory named, in a stable order."""
-    files = []
-    for name in paths:
-        path = Path(name)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix in BUILDERS and p.is_file())
-            if not found:
-                raise DataError(f"{path} holds no {', '.join(BUILDERS)} files")
-            files += found
-        elif path.is_file():
-            if path.suffix not in BUILDERS:
-                raise DataError(f"{path}: unsupported file type (use {', '.join(BUILDERS)})")
-            files.append(path)
-        else:
-            raise DataError(f"input path not found: {path}")
-    return files
+    return find_files(paths, tuple(BUILDERS), "input")
 
 
 def describe_sources(files: list[Path], hub: str | None, hub_config: str | None, split: str) -> list[dict]:
