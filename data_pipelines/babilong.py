@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from rich.progress import track
 
-from l2m_train.data import DataError
+from l2m_train.data import DataError, json_fingerprint
 from l2m_train.data.tokenizer import TextTokenizer
 from l2m_train.data_pipelines.babi import Question, read_babi_dir
 from l2m_train.data_pipelines.haystack import Haystack
@@ -160,7 +160,7 @@ def build(babi_dir: str, haystack_paths: list[str], lengths: list[int], tasks: l
         "skipped_questions": skipped,  # per split, task/length: questions too long for that length
         "content_sha256": digest.hexdigest(),
     }
-    manifest["fingerprint"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    manifest["fingerprint"] = json_fingerprint(manifest)
     manifest["seconds"] = round(time.perf_counter() - started, 2)
     with publish_dir(out) as tmp:
         datasets.DatasetDict(splits).save_to_disk(str(tmp))

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
-from l2m_train.data import DataError
+from l2m_train.data import DataError, json_fingerprint
 from l2m_train.data.shards import read_manifest, sha256_file
 from l2m_train.data.tokenizer import TextTokenizer
 from l2m_train.data_pipelines.files import find_files
@@ -124,7 +124,7 @@ def pack(sources: list[str], tokenizer: TextTokenizer, out_dir: str | Path, *, s
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
     settings = {"shard_tokens": shard_tokens, "text_field": text_field, "dtype": dtype.name}
     described = describe_sources(files, hub, hub_config, split)
-    input_fingerprint = _hash({"sources": described, "tokenizer": tokenizer.fingerprint, "settings": settings})
+    input_fingerprint = json_fingerprint({"sources": described, "tokenizer": tokenizer.fingerprint, "settings": settings})
     if (out_dir / "manifest.json").is_file():
         previous = read_manifest(out_dir)
         if previous.get("input_fingerprint") == input_fingerprint:
@@ -159,15 +159,11 @@ def pack(sources: list[str], tokenizer: TextTokenizer, out_dir: str | Path, *, s
             "dtype": dtype.name, "settings": settings, "shards": writer.shards, "tokens": total,
             "documents": writer.documents, "input_fingerprint": input_fingerprint,
         }
-        manifest["fingerprint"] = _hash(manifest)
+        manifest["fingerprint"] = json_fingerprint(manifest)
         manifest["seconds"] = round(time.perf_counter() - started, 2)
         tokenizer.save(tmp)
         publish_text(tmp / "manifest.json", json.dumps(manifest, indent=2))
     return manifest, True
-
-
-def _hash(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:

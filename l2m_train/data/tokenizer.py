@@ -5,7 +5,6 @@ run can tell whether its data and its checkpoint were tokenized the same way.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Iterable
@@ -13,7 +12,7 @@ from typing import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tokenizers.pre_tokenizers import ByteLevel
 
-from l2m_train.data import DataError
+from l2m_train.data import DataError, json_fingerprint
 from l2m_train.io import publish_text
 
 
@@ -89,8 +88,7 @@ class TextTokenizer:
 
     @property
     def fingerprint(self) -> str:
-        canonical = json.dumps(json.loads(self.to_json()), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return json_fingerprint(json.loads(self.to_json()))
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
