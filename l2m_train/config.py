@@ -95,6 +95,29 @@ class DataConfig:
 
 
 @dataclass
+class ReconstructionConfig:
+    """Each segment's memory read is pulled towards what attention over the raw previous segment returns."""
+
+    weight: float = 0.0  # λ_rec; 0 = not computed at all
+    layers: Optional[list[int]] = None  # blocks whose read is supervised; None = every memory layer (rmt: every block)
+
+
+@dataclass
+class RetrievalConfig:
+    """InfoNCE between the memory read-out at the question and the facts placed before it (supporting = positive)."""
+
+    weight: float = 0.0  # λ_ret; 0 = not computed at all
+    dim: int = 64  # output size of the two projection heads
+    temperature: float = 0.1
+
+
+@dataclass
+class LossConfig:
+    reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+
+
+@dataclass
 class OptimConfig:
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr · min_lr_ratio
@@ -129,6 +152,7 @@ class RunConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -254,7 +278,7 @@ def validate(cfg: Config) -> None:
         (o.lr > 0 and o.warmup_tokens >= 0 and o.weight_decay >= 0, "optim.lr must be > 0, warmup_tokens and weight_decay >= 0"),
         (0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}"),
     ]
-    for ok, message in checks + _curriculum_checks(cfg):
+    for ok, message in checks + _curriculum_checks(cfg) + _loss_checks(cfg):
         if not ok:
             raise ConfigError(message)
 
@@ -272,6 +296,28 @@ def _curriculum_checks(cfg: Config) -> list[tuple[bool, str]]:
              f"data.curriculum[{i}].segments={s.segments} must divide train.micro_batch × data.segments = "
              f"{t.micro_batch * d.segments}, so that every micro-batch holds the same number of tokens"),
         ]
+    return checks
+
+
+def memory_read_layers(cfg: ModelConfig) -> list[int]:
+    """Blocks whose tokens read memory: lm2's memory layers, every block for rmt (its memory tokens), none for none."""
+    if cfg.memory.kind == "none":
+        return []
+    if cfg.memory.kind == "rmt" or cfg.memory.layers is None:
+        return list(range(cfg.n_layers))
+    return sorted(set(cfg.memory.layers))
+
+
+def _loss_checks(cfg: Config) -> list[tuple[bool, str]]:
+    rec, ret, kind = cfg.loss.reconstruction, cfg.loss.retrieval, cfg.model.memory.kind
+    readers = memory_read_layers(cfg.model)
+    checks = [(rec.weight >= 0 and ret.weight >= 0, "loss.reconstruction.weight and loss.retrieval.weight must be >= 0"),
+              (ret.dim > 0 and ret.temperature > 0, "loss.retrieval.dim and loss.retrieval.temperature must be > 0")]
+    for name, weight in (("reconstruction", rec.weight), ("retrieval", ret.weight)):
+        checks.append((weight == 0 or kind != "none", f"loss.{name}.weight={weight} supervises the memory, but "
+                                                      "model.memory.kind is none: use lm2 or rmt, or set the weight to 0"))
+    checks.append((kind == "none" or set(rec.layers or []) <= set(readers),
+                   f"loss.reconstruction.layers {rec.layers} must be blocks that read memory: {readers}"))
     return checks
 
 

@@ -111,14 +111,3 @@ def test_bf16_autocast_runs_and_stays_close_to_fp32(kind):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(idx).logits.float().square().mean().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-
-
-@torch.no_grad()
-def test_aux_holds_what_the_losses_need_per_segment_and_memory_layer():
-    model = tiny_model("lm2", memory={"layers": [1]})
-    out = model(torch.randint(0, 64, (2, 24)), keep_aux=True)
-    assert len(out.aux) == 3 and all(set(step) == {1} for step in out.aux)  # 3 segments, memory layer 1 only
-    aux = out.aux[2][1]
-    assert aux.block_input.shape == (2, 8, 32) and aux.read.readout.shape == (2, 8, 32)
-    assert aux.read.queries.shape == (2, 4, 8, 8) and aux.read.out_gate.shape == (2, 8, 32)
-    assert model(torch.randint(0, 64, (2, 24))).aux is None  # not kept unless asked for

@@ -10,9 +10,19 @@ from l2m_train.data import IGNORE
 
 
 @dataclass
+class Evidence:
+    """Where a QA sample's evidence lies, as token spans [start, end) into its ids (for the retrieval loss)."""
+
+    facts: list[tuple[int, int]]  # every fact sentence placed in the sample, in order
+    supporting: list[int]  # indices into facts of those the answer rests on
+    question: tuple[int, int]
+
+
+@dataclass
 class Sample:
     ids: np.ndarray  # every token of the sample, the answer included
     loss_from: int  # tokens ids[loss_from:] are supervised, each predicted from the tokens before it
+    evidence: Evidence | None = None
 
     def __post_init__(self):
         if not 1 <= self.loss_from < len(self.ids):
@@ -40,4 +50,20 @@ def collate(samples: list[Sample], length: int) -> dict[str, torch.Tensor]:
     batch = {"input_ids": input_ids, "labels": labels}
     if not valid.all():
         batch["valid"] = valid
+    if any(s.evidence is not None for s in samples):
+        batch.update(_collate_evidence([s.evidence for s in samples]))
     return batch
+
+
+def _collate_evidence(evidence: list[Evidence | None]) -> dict[str, torch.Tensor]:
+    """fact_spans B × F × 2 and question_span B × 2 (-1 where absent), fact_support B × F."""
+    F = max((len(e.facts) for e in evidence if e is not None), default=0)
+    spans = torch.full((len(evidence), F, 2), -1, dtype=torch.long)
+    support = torch.zeros(len(evidence), F, dtype=torch.bool)
+    question = torch.full((len(evidence), 2), -1, dtype=torch.long)
+    for row, e in enumerate(evidence):
+        if e is not None and e.facts:
+            spans[row, : len(e.facts)] = torch.as_tensor(e.facts, dtype=torch.long)
+            support[row, list(e.supporting)] = True
+            question[row] = torch.as_tensor(e.question)
+    return {"fact_spans": spans, "fact_support": support, "question_span": question}

@@ -14,7 +14,7 @@ from l2m_train.config import Config
 from l2m_train.data import DataError
 from l2m_train.data.order import Pool
 from l2m_train.data.recall import RecallTask
-from l2m_train.data.sample import Sample
+from l2m_train.data.sample import Evidence, Sample
 from l2m_train.data.tokenizer import TextTokenizer
 
 
@@ -118,7 +118,8 @@ class QASource:
 
     def _sample(self, split, i: int) -> Sample:
         row = split[int(i)]
-        return Sample(np.asarray(row["input_ids"], dtype=np.int64), loss_from=row["answer_start"])
+        evidence = Evidence([tuple(f) for f in row["facts"]], list(row["supporting"]), tuple(row["question_span"]))
+        return Sample(np.asarray(row["input_ids"], dtype=np.int64), loss_from=row["answer_start"], evidence=evidence)
 
     def pools(self, segments: int) -> list[Pool]:
         room = segments * self.capacity

@@ -12,9 +12,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from l2m_train.config import ModelConfig
+from l2m_train.config import ModelConfig, memory_read_layers
 from l2m_train.model.layers import SelfAttention, SwiGLU
-from l2m_train.model.memory import LM2Memory, MemoryRead
+from l2m_train.model.memory import LM2Memory, MemoryRead, MemoryTrace
 
 KVCache = tuple[Tensor, Tensor]
 
@@ -35,19 +35,11 @@ class DecoderState:
 
 
 @dataclass
-class LayerAux:
-    """Per memory layer and step: what the auxiliary losses need."""
-
-    block_input: Tensor  # x, B × T × d
-    read: MemoryRead
-
-
-@dataclass
 class DecoderOutput:
     logits: Tensor  # B × T × vocab
     state: DecoderState
     gates: dict[str, Tensor]  # mean gate values per memory layer ("layer0/in", ...), detached
-    aux: list[dict[int, LayerAux]] | None  # per step, per memory layer; only when asked for
+    aux: list[dict[int, MemoryTrace]] | None  # per step, per layer that reads memory (rmt: every block); when asked for
 
 
 class Block(nn.Module):
@@ -69,15 +61,16 @@ class Block(nn.Module):
 
     def forward(
         self, x: Tensor, cache: KVCache | None, key_valid: Tensor | None, memory: Tensor | None
-    ) -> tuple[Tensor, KVCache, MemoryRead | None]:
+    ) -> tuple[Tensor, KVCache, Tensor, MemoryRead | None]:
+        """Returns (block output, extended cache, self-attention queries, the memory read if any)."""
         x_normed = self.attn_norm(x)
-        attn_out, cache = self.attn(x_normed, cache, key_valid)
+        attn_out, cache, queries = self.attn(x_normed, cache, key_valid)
         h = x + attn_out
         read = None
         if self.memory is not None:
             gated, read = self.memory.read(x_normed, memory)  # RMSNorm(x) is shared with self-attention
             h = h + gated
-        return h + self.mlp(self.mlp_norm(h)), cache, read
+        return h + self.mlp(self.mlp_norm(h)), cache, queries, read
 
 
 class MemoryDecoder(nn.Module):
@@ -85,8 +78,7 @@ class MemoryDecoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         kind = cfg.memory.kind
-        memory_layers = range(cfg.n_layers) if cfg.memory.layers is None else cfg.memory.layers
-        self.memory_layers = sorted(set(memory_layers)) if kind == "lm2" else []
+        self.memory_layers = memory_read_layers(cfg) if kind == "lm2" else []
         self.memory_slot = {layer: slot for slot, layer in enumerate(self.memory_layers)}  # block → state.memory index
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg, i in self.memory_layers) for i in range(cfg.n_layers))
@@ -129,15 +121,16 @@ class MemoryDecoder(nn.Module):
         bptt, n_segments = self.cfg.memory.bptt_segments, sum(1 for start, _ in pieces if start == 0)
         hidden, gate_values, aux, segment = [], {}, [], 0
         for start, (a, b) in pieces:
+            attached = state.memory  # what the auxiliary losses read: their gradient is not truncated
             if start == 0:  # a new segment: truncate backpropagation through memory written too long ago
                 if bptt >= 0 and 0 < segment < n_segments - bptt:  # the memory the call starts from is kept as given
                     state = replace(state, memory=tuple(m.detach() for m in state.memory))
                 segment += 1
             step_valid = None if valid is None else valid[:, a:b]
             if self.cfg.activation_checkpointing and torch.is_grad_enabled():
-                out = checkpoint(self._step, idx[:, a:b], state, step_valid, keep_aux, use_reentrant=False)
+                out = checkpoint(self._step, idx[:, a:b], state, step_valid, keep_aux, attached, use_reentrant=False)
             else:
-                out = self._step(idx[:, a:b], state, step_valid, keep_aux)
+                out = self._step(idx[:, a:b], state, step_valid, keep_aux, attached)
             h, state, gates, step_aux = out
             hidden.append(h)
             for name, value in gates.items():
@@ -159,12 +152,13 @@ class MemoryDecoder(nn.Module):
         return pieces
 
     def _step(
-        self, idx: Tensor, state: DecoderState, valid: Tensor | None, keep_aux: bool
-    ) -> tuple[Tensor, DecoderState, dict[str, Tensor], dict[int, LayerAux]]:
+        self, idx: Tensor, state: DecoderState, valid: Tensor | None, keep_aux: bool, attached: tuple[Tensor, ...]
+    ) -> tuple[Tensor, DecoderState, dict[str, Tensor], dict[int, MemoryTrace]]:
         """Process tokens that lie inside one segment; write the memory when the segment completes."""
         B, T = idx.shape
         x = self.embed(idx)
         rmt_prefix = self.cfg.memory.kind == "rmt" and state.pos == 0
+        K = state.memory[0].shape[1] if rmt_prefix else 0
         if rmt_prefix:  # [read-mem; segment ...]: memory tokens open every segment
             x = torch.cat((state.memory[0], x), dim=1)
             valid = None if valid is None else torch.cat((valid.new_ones(B, x.shape[1] - T), valid), dim=1)
@@ -175,12 +169,14 @@ class MemoryDecoder(nn.Module):
             slot = self.memory_slot.get(i)
             memory = None if slot is None else state.memory[slot]
             x_in = x
-            x, caches[i], read = block(x, caches[i], key_valid, memory)
+            x, caches[i], queries, read = block(x, caches[i], key_valid, memory)
             if read is not None:
                 pending[slot] = x if pending[slot] is None else torch.cat((pending[slot], x), dim=1)
                 gates[f"layer{i}/out"] = read.out_gate.detach().mean()
                 if keep_aux:
-                    aux[i] = LayerAux(x_in, read)
+                    aux[i] = block.memory.trace(x_in, valid, read, attached[slot])
+            elif rmt_prefix and keep_aux:
+                aux[i] = _rmt_trace(block, x_in[:, K:], None if valid is None else valid[:, K:], queries[:, :, K:], caches[i], K)
         hidden = x[:, -T:]
         state = DecoderState(state.pos + T, tuple(caches), state.memory, tuple(pending), key_valid)
         if self.window is not None and state.pos == self.window:
@@ -204,7 +200,7 @@ class MemoryDecoder(nn.Module):
             cached = caches[0][0].shape[2]
             key_valid = _concat_valid(state.valid, cached, None, K, B, x.device)
             for i, block in enumerate(self.blocks):
-                x, caches[i], _ = block(x, caches[i], key_valid, None)
+                x, caches[i], _, _ = block(x, caches[i], key_valid, None)
             # The raw residual stream, not final_norm(x): normed memory tokens (RMS 1 against embeddings' 0.02)
             # drown their own attention updates, and RMT stayed at chance (docs/design-notes.md).
             state = replace(state, memory=(x,))
@@ -230,6 +226,17 @@ class MemoryDecoder(nn.Module):
                 token = torch.multinomial(torch.softmax(logits, dim=-1), 1)
             out = self(token, out.state)
             yield token, out.state
+
+
+def _rmt_trace(block: Block, hidden: Tensor, valid: Tensor | None, queries: Tensor, cache: KVCache, K: int) -> MemoryTrace:
+    """RMT's memory read: the segment's attention restricted to the K read-memory positions that open it.
+
+    Its keys/values come from the cache, so under a BPTT window they are those of the truncated memory.
+    """
+    k, v = cache
+    memory, tokens = (k[:, :, :K], v[:, :, :K]), (k[:, :, K:], v[:, :, K:])
+    readout = block.attn.attend(queries, *memory)  # every memory position precedes every token: no mask
+    return MemoryTrace(hidden, valid, queries, memory, tokens, readout, block.attn.attend)
 
 
 def _concat_valid(past: Tensor | None, n_past: int, new: Tensor | None, n_new: int, B: int, device) -> Tensor | None:

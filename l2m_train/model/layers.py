@@ -63,8 +63,11 @@ class SelfAttention(nn.Module):
 
     def forward(
         self, x: Tensor, cache: tuple[Tensor, Tensor] | None, key_valid: Tensor | None
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x: B × T × d, continuing after the cached keys/values. key_valid: B × (past+T) or None."""
+    ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
+        """x: B × T × d, continuing after the cached keys/values. key_valid: B × (past+T) or None.
+
+        Returns (output, the cache extended by x's keys/values, x's rotated queries).
+        """
         past = 0 if cache is None else cache[0].shape[2]
         T = x.shape[1]
         q = split_heads(self.wq(x), self.n_heads)
@@ -74,10 +77,12 @@ class SelfAttention(nn.Module):
         if cache is not None:
             k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
         mask = causal_mask(T, past, key_valid, x.device)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, enable_gqa=self.n_kv_heads != self.n_heads
-        )
-        return self.wo(merge_heads(out)), (k, v)
+        return self.attend(q, k, v, mask, is_causal=mask is None and T > 1), (k, v), q
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+        """Queries over keys/values (grouped heads allowed), through the output map: B × Tq × d."""
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.n_kv_heads != self.n_heads)
+        return self.wo(merge_heads(out))
 
 
 class SwiGLU(nn.Module):

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from l2m_train.model.layers import merge_heads, split_heads
+
+KV = tuple[Tensor, Tensor]
 
 
 @dataclass
@@ -22,6 +25,19 @@ class MemoryRead:
     queries: Tensor  # B × H × T × head_dim, the read queries q
     readout: Tensor  # B × T × d, E_mem before the output gate
     out_gate: Tensor  # B × T × d, g_out
+
+
+@dataclass
+class MemoryTrace:
+    """One segment's memory read at one layer, in the one form both auxiliary losses use, for lm2 and rmt alike."""
+
+    hidden: Tensor  # B × T × d, the block inputs x of the segment's tokens
+    valid: Tensor | None  # B × T, False = padding (None: all real)
+    queries: Tensor  # B × H × T × head_dim, the read queries
+    memory: KV  # the memory the segment reads, as keys and values
+    tokens: KV  # the segment's own tokens under the same key/value maps: the next segment's reconstruction teacher
+    readout: Tensor  # B × T × d, what the tokens read from memory (lm2: E_mem; rmt: attention restricted to memory)
+    attend: Callable[..., Tensor]  # (queries, keys, values, key mask) → B × T × d through the read's output map
 
 
 class CrossAttention(nn.Module):
@@ -35,14 +51,19 @@ class CrossAttention(nn.Module):
         self.wv = nn.Linear(d_model, d_model, bias=False)
         self.wo = nn.Linear(d_model, d_model, bias=False)
 
+    def keys_values(self, source: Tensor) -> KV:
+        return split_heads(self.wk(source), self.n_heads), split_heads(self.wv(source), self.n_heads)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """key_mask: broadcastable to B × H × Tq × Ts, True = may attend."""
+        return self.wo(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)))
+
     def forward(self, queries: Tensor, source: Tensor, source_valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Returns (output B × Tq × d, per-head queries). source_valid: B × Ts, at least one True per row."""
         q = split_heads(self.wq(queries), self.n_heads)
-        k = split_heads(self.wk(source), self.n_heads)
-        v = split_heads(self.wv(source), self.n_heads)
+        k, v = self.keys_values(source)
         mask = None if source_valid is None else source_valid[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.wo(merge_heads(out)), q
+        return self.attend(q, k, v, mask), q
 
 
 class LM2Memory(nn.Module):
@@ -83,6 +104,16 @@ class LM2Memory(nn.Module):
         readout, queries = self.read_attn(x_normed, self.norm(memory))
         out_gate = torch.sigmoid(self.out_gate(readout))
         return out_gate * readout, MemoryRead(queries, readout, out_gate)
+
+    def trace(self, x: Tensor, valid: Tensor | None, read: MemoryRead, memory: Tensor) -> MemoryTrace:
+        """The read as the auxiliary losses see it; the segment's own keys use the maps that read the memory.
+
+        memory: the state as the write produced it, before any BPTT truncation, so that the reconstruction
+        loss trains every write, not only those inside the window.
+        """
+        memory_kv = self.read_attn.keys_values(self.norm(memory))
+        tokens = self.read_attn.keys_values(self.norm(x))
+        return MemoryTrace(x, valid, read.queries, memory_kv, tokens, read.readout, self.read_attn.attend)
 
     def write(self, y: Tensor, memory: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """M_next = g_in ⊙ tanh(U) + g_f ⊙ M, where the slots attend to the segment's block outputs y.

@@ -18,6 +18,7 @@ class LMLoss:
     count: Tensor  # supervised positions
     exact: Tensor  # samples whose supervised positions are all right (a QA answer matched exactly)
     samples: Tensor  # samples with a supervised position
+    exact_rows: Tensor  # B, which samples those are
 
 
 def lm_loss(logits: Tensor, labels: Tensor, segment_len: int) -> LMLoss:
@@ -34,5 +35,5 @@ def lm_loss(logits: Tensor, labels: Tensor, segment_len: int) -> LMLoss:
     seg_count = torch.zeros(n_segments, device=labels.device).index_add_(0, segment_of, supervised.sum(0).float())
     right = (logits.argmax(-1) == labels) & supervised
     has_label = supervised.any(1)
-    exact = ((right == supervised).all(1) & has_label).sum()
-    return LMLoss(loss, seg_sum / seg_count, right.sum(), count, exact, has_label.sum())
+    exact_rows = (right == supervised).all(1) & has_label
+    return LMLoss(loss, seg_sum / seg_count, right.sum(), count, exact_rows.sum(), has_label.sum(), exact_rows)

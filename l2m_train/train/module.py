@@ -9,10 +9,12 @@ import torch
 from lightning.pytorch.utilities import grad_norm
 from torch.optim.lr_scheduler import LambdaLR
 
-from l2m_train.config import Config, from_dict
+from l2m_train.config import Config, from_dict, memory_read_layers
 from l2m_train.model import MemoryDecoder
 from l2m_train.train.losses import lm_loss
 from l2m_train.train.optim import adamw, lr_at
+from l2m_train.train.reconstruction import reconstruction_loss
+from l2m_train.train.retrieval import RetrievalHead
 
 
 def val_prefix(sources: list[str], index: int) -> str:
@@ -26,15 +28,22 @@ class LM2Module(L.LightningModule):
         self.save_hyperparameters()  # the plain-dict config travels inside every checkpoint
         self.cfg: Config = from_dict(config)
         self.model = MemoryDecoder(self.cfg.model)
+        rec, ret, m = self.cfg.loss.reconstruction, self.cfg.loss.retrieval, self.cfg.model
+        readers = memory_read_layers(m)
+        self.reconstruction_layers = (rec.layers or readers) if rec.weight > 0 else []  # weight 0: never computed
+        self.retrieval = RetrievalHead(m.d_model, ret.dim, ret.temperature, m.segment_len) if ret.weight > 0 else None
+        self.retrieval_layer = readers[-1] if readers else None  # the top layer that reads memory
 
     def _shared_step(self, batch: dict[str, torch.Tensor], prefix: str):
-        out = self.model(batch["input_ids"], valid=batch.get("valid"))
+        keep_aux = bool(self.reconstruction_layers) or self.retrieval is not None
+        out = self.model(batch["input_ids"], valid=batch.get("valid"), keep_aux=keep_aux)
         result = lm_loss(out.logits, batch["labels"], self.cfg.model.segment_len)
         train = prefix == "train"
         # Training logs every step; validation averages over the whole set (across ranks).
         how = dict(batch_size=batch["input_ids"].shape[0], on_step=train, on_epoch=not train, sync_dist=not train,
                    add_dataloader_idx=False)
-        self.log(f"{prefix}/loss", result.loss, prog_bar=True, **how)
+        loss = result.loss + self._auxiliary_losses(out.aux, batch, prefix, how) if keep_aux else result.loss
+        self.log(f"{prefix}/loss", result.loss, prog_bar=True, **how)  # the LM loss alone, comparable across runs
         self.log(f"{prefix}/acc", result.correct.float() / result.count.clamp(min=1), prog_bar=True, **how)
         self.log(f"{prefix}/exact", result.exact.float() / result.samples.clamp(min=1), **how)
         for s, value in enumerate(result.per_segment.tolist()):  # one device sync for all segments
@@ -42,7 +51,22 @@ class LM2Module(L.LightningModule):
                 self.log(f"{prefix}/loss_seg{s}", value, **how)
         if train:
             self.log_dict({f"gates/{name}": value for name, value in out.gates.items()}, **how)
-        return result.loss
+        return loss
+
+    def _auxiliary_losses(self, aux, batch, prefix: str, how: dict) -> torch.Tensor:
+        """λ_rec · reconstruction + λ_ret · retrieval, each logged on its own with the retrieval accuracy."""
+        weights, total = self.cfg.loss, 0.0
+        if self.reconstruction_layers:
+            reconstruction = reconstruction_loss(aux, self.reconstruction_layers)
+            self.log(f"{prefix}/reconstruction", reconstruction, **how)
+            total = total + weights.reconstruction.weight * reconstruction
+        if self.retrieval is not None:
+            r = self.retrieval(aux, self.retrieval_layer, batch)
+            self.log(f"{prefix}/retrieval", r.loss, **how)
+            self.log(f"{prefix}/retrieval_acc", r.correct.float() / r.evidence.clamp(min=1), **how)
+            self.log(f"{prefix}/evidence", r.evidence.float() / r.samples, **how)  # samples the loss could use
+            total = total + weights.retrieval.weight * r.loss
+        return total
 
     def training_step(self, batch, batch_idx):
         loss = self._shared_step(batch, "train")
@@ -62,7 +86,7 @@ class LM2Module(L.LightningModule):
         self.log("train/grad_norm", grad_norm(self.model, norm_type=2)["grad_2.0_norm_total"])
 
     def configure_optimizers(self):
-        optimizer = adamw(self.model, self.cfg.optim)
+        optimizer = adamw(self, self.cfg.optim)  # the model and the retrieval heads
         per_step, total = self.cfg.tokens_per_step, self.cfg.train.max_tokens
         # The schedule is by tokens; with a fixed number of tokens per step, step s has seen (s + 1) · per_step.
         schedule = LambdaLR(optimizer, lambda step: lr_at((step + 1) * per_step, self.cfg.optim, total) / self.cfg.optim.lr)

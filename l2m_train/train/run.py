@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import OmegaConf
 
-from l2m_train.config import Config, ConfigError, to_yaml
+from l2m_train.config import Config, ConfigError, LossConfig, to_yaml
 from l2m_train.data.module import DataPosition, TrainingData
 from l2m_train.train.module import LM2Module, val_prefix
 
@@ -130,7 +130,7 @@ def execute(run: PlannedRun) -> RunResult:
 
 
 def baseline_config(cfg: Config) -> Config:
-    """The same run with segment-local attention and no memory."""
+    """The same run with segment-local attention and no memory (so no memory losses either)."""
     memory = replace(cfg.model.memory, kind="none")
-    return replace(cfg, model=replace(cfg.model, memory=memory, attention="segment"),
+    return replace(cfg, model=replace(cfg.model, memory=memory, attention="segment"), loss=LossConfig(),
                    run=replace(cfg.run, name=f"{cfg.run.name}/baseline-none"))
