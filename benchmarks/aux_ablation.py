@@ -53,7 +53,7 @@ def group_order(group: str) -> tuple[int, int]:
     return (0, 0) if group == "all" else (2, GAPS.index(group))
 
 
-def evaluate(checkpoint: str, batch_size: int = 32) -> dict:
+def evaluate(run_dir: str, batch_size: int = 32) -> dict:
     """Exact answers (every answer token and end-of-text right, teacher-forced) on the held-out split, by group."""
     import datasets
     import torch
@@ -62,7 +62,7 @@ def evaluate(checkpoint: str, batch_size: int = 32) -> dict:
     from l2m_train.train.checkpoint import load_model
     from l2m_train.train.losses import lm_loss
 
-    model, cfg, _ = load_model(checkpoint)
+    model, cfg, _ = load_model(run_dir)
     rows = list(datasets.load_from_disk(cfg.data.qa.path)["validation"])
     right, total = defaultdict(int), defaultdict(int)
     with torch.no_grad():
@@ -129,7 +129,7 @@ def main() -> None:
     for seed in [] if args.timing_only else args.seeds:
         for variant in VARIANTS:
             result = execute(plan(variant_config(args, variant, seed)))
-            accuracy = evaluate(f"{result.run_dir}/checkpoints/last.ckpt")
+            accuracy = evaluate(result.run_dir)  # its latest checkpoint
             runs.append({"variant": variant, "seed": seed, "seconds": result.seconds, "tokens": result.tokens,
                          "accuracy": accuracy})
             print(f"{variant} seed {seed}: {accuracy['all']['accuracy']:.1%} exact in {result.seconds:.0f} s", flush=True)

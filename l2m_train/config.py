@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 CONF_DIR = Path(str(files("l2m_train.conf")))  # the top-level conf/ folder, installed as a package
 QUICKSTART = CONF_DIR / "experiment" / "quickstart.yaml"
 SOURCES = {"recall", "pretrain", "qa"}
+OWNED_DEEPSPEED_KEYS = {"train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping", "bf16", "fp16"}
 
 
 class ConfigError(ValueError):
@@ -128,18 +129,38 @@ class OptimConfig:
 
 
 @dataclass
+class DeepSpeedConfig:
+    """ZeRO through Lightning's DeepSpeed strategy (train.strategy=deepspeed): the DeepSpeed JSON is generated from this."""
+
+    stage: int = 2  # 1: optimizer states sharded across ranks; 2: and gradients; 3: and parameters
+    offload_optimizer: bool = False  # optimizer states and the optimizer step on the CPU
+    offload_params: bool = False  # parameters on the CPU between uses (stage 3)
+    extra: dict[str, Any] = field(default_factory=dict)  # DeepSpeed JSON keys merged over the generated ones
+
+
+@dataclass
 class TrainConfig:
     max_tokens: int = 1_000_000  # the token budget; the learning-rate schedule runs over it
     micro_batch: int = 32  # samples per device per micro-step
     accumulate: int = 1  # micro-steps per optimizer step
     accelerator: str = "auto"  # auto | cpu | gpu
-    devices: int = 1
+    devices: int = 1  # per node
+    nodes: int = 1  # multi-node: Lightning finds ranks and addresses in the cluster environment (SLURM, torchrun, ...)
+    strategy: str = "auto"  # auto (single on one device, else ddp) | single | ddp | deepspeed
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
     val_every_steps: int = 100
     log_every_steps: int = 10
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
     compare_baseline: bool = False  # also train segment-local `none` on the same budget and compare
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 100  # also at the end of training and at the step boundary after a preemption signal
+    keep_last: int = 2  # the newest complete checkpoints kept
+    keep_every_steps: int = 0  # milestones: checkpoints at multiples of this step are never deleted; 0 = none
 
 
 @dataclass
@@ -155,6 +176,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     @property
@@ -164,7 +186,11 @@ class Config:
     @property
     def samples_per_step(self) -> int:
         """Samples of the full length per optimizer step across all devices (more, shorter ones in early stages)."""
-        return self.train.micro_batch * self.train.accumulate * self.train.devices
+        return self.train.micro_batch * self.train.accumulate * self.world_size
+
+    @property
+    def world_size(self) -> int:
+        return self.train.devices * self.train.nodes
 
     @property
     def tokens_per_step(self) -> int:
@@ -270,7 +296,8 @@ def validate(cfg: Config) -> None:
          f"data.sources must be distinct names among {sorted(SOURCES)}, got {d.sources}"),
         (not d.weights or (len(d.weights) == len(d.sources) and min(d.weights) >= 0 and sum(d.weights) > 0),
          f"data.weights {d.weights} must be one non-negative weight per source in data.sources {d.sources}"),
-        (min(t.micro_batch, t.accumulate, t.devices) > 0, "train.micro_batch, train.accumulate and train.devices must be > 0"),
+        (min(t.micro_batch, t.accumulate, t.devices, t.nodes) > 0, "train.micro_batch, train.accumulate, train.nodes and "
+                                                                   "train.devices must be > 0"),
         (min(t.val_every_steps, t.log_every_steps) > 0, "train.val_every_steps and train.log_every_steps must be > 0"),
         (t.max_tokens > 0 and t.threads >= 0, "train.max_tokens must be > 0 and train.threads >= 0"),
         (t.accelerator in ("auto", "cpu", "gpu", "cuda"), f"train.accelerator must be auto, cpu or gpu, got '{t.accelerator}'"),
@@ -278,7 +305,7 @@ def validate(cfg: Config) -> None:
         (o.lr > 0 and o.warmup_tokens >= 0 and o.weight_decay >= 0, "optim.lr must be > 0, warmup_tokens and weight_decay >= 0"),
         (0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}"),
     ]
-    for ok, message in checks + _curriculum_checks(cfg) + _loss_checks(cfg):
+    for ok, message in checks + _curriculum_checks(cfg) + _loss_checks(cfg) + _strategy_checks(cfg):
         if not ok:
             raise ConfigError(message)
 
@@ -297,6 +324,24 @@ def _curriculum_checks(cfg: Config) -> list[tuple[bool, str]]:
              f"{t.micro_batch * d.segments}, so that every micro-batch holds the same number of tokens"),
         ]
     return checks
+
+
+def _strategy_checks(cfg: Config) -> list[tuple[bool, str]]:
+    t, ds, c = cfg.train, cfg.train.deepspeed, cfg.checkpoint
+    zero = ds.extra.get("zero_optimization")
+    return [
+        (t.strategy in ("auto", "single", "ddp", "deepspeed"),
+         f"train.strategy must be auto, single, ddp or deepspeed, got '{t.strategy}'"),
+        (t.strategy != "single" or cfg.world_size == 1, f"train.strategy=single runs one process, but train.devices × train.nodes = "
+                                                        f"{cfg.world_size}: use ddp or deepspeed"),
+        (ds.stage in (1, 2, 3), f"train.deepspeed.stage must be 1, 2 or 3, got {ds.stage}"),
+        (not ds.offload_params or ds.stage == 3, "train.deepspeed.offload_params needs train.deepspeed.stage=3"),
+        (not OWNED_DEEPSPEED_KEYS & set(ds.extra) and not (isinstance(zero, dict) and "stage" in zero),
+         f"train.deepspeed.extra must not set what our config sets (the ZeRO stage, {', '.join(sorted(OWNED_DEEPSPEED_KEYS))}): "
+         "use train.deepspeed.stage, train.micro_batch, train.accumulate, optim.grad_clip and train.precision"),
+        (c.every_steps > 0 and c.keep_last > 0 and c.keep_every_steps >= 0,
+         "checkpoint.every_steps and checkpoint.keep_last must be > 0, checkpoint.keep_every_steps >= 0"),
+    ]
 
 
 def memory_read_layers(cfg: ModelConfig) -> list[int]:

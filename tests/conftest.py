@@ -1,8 +1,15 @@
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
 from l2m_train.config import MemoryConfig, ModelConfig
 from l2m_train.model import MemoryDecoder
+
+# DeepSpeed compiles its C++ ops on first use into a cache keyed by op name only: one per checkout, so that
+# checkouts with other torch builds do not invalidate (or wait on) each other's.
+os.environ["TORCH_EXTENSIONS_DIR"] = str(Path(__file__).resolve().parents[1] / ".torch_extensions")
 
 KINDS = [("lm2", "segment"), ("rmt", "segment"), ("none", "segment"), ("none", "full")]
 

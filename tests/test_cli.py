@@ -54,12 +54,12 @@ def test_overrides_may_follow_options():
     assert out.returncode == 2 and "unrecognized arguments: --bogus" in out.stderr
 
 
-def test_an_existing_run_is_refused_and_left_alone(tmp_path):
+def test_a_directory_that_is_not_a_run_is_refused_and_left_alone(tmp_path):
     run = tmp_path / "runs" / "quickstart"
     run.mkdir(parents=True)
     (run / "keep.txt").write_text("precious")
     out = l2m("train", "run.root=runs", cwd=tmp_path)
-    assert out.returncode == 2 and "already exists" in out.stderr
+    assert out.returncode == 2 and "is not a run directory" in out.stderr
     assert [p.name for p in run.iterdir()] == ["keep.txt"] and (run / "keep.txt").read_text() == "precious"
 
 
@@ -99,7 +99,7 @@ def test_generate_streams_the_recalled_answer(quickstart):
     right = 0
     for i in range(5):
         context, answer = task.text(i)
-        out = l2m("generate", str(run / "checkpoints" / "last.ckpt"), "--prompt", context,
+        out = l2m("generate", str(run), "--prompt", context,
                   "--max-new-tokens", "1", "--temperature", "0")
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith(context) and len(out.stdout.rstrip("\n")) == len(context) + 1

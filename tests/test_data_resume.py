@@ -39,7 +39,7 @@ def fit(cfg, steps, ckpt_path=None):
 
 def tiny(tmp_path, name, *extra):
     return load_config(None, [f"run.root={tmp_path}", f"run.name={name}", "train.micro_batch=4", "train.accumulate=2",
-                              "model.segment_len=16", "data.segments=4", "train.val_every_steps=3",
+                              "model.segment_len=16", "data.segments=4", "train.val_every_steps=3", "checkpoint.every_steps=3",
                               "data.recall.train_samples=40", "train.max_tokens=100000",
                               "data.curriculum=[{start_tokens: 0, segments: 2}, {start_tokens: 2048, segments: 4}]",
                               "data.val_samples=8", *extra])
@@ -48,7 +48,7 @@ def tiny(tmp_path, name, *extra):
 def test_resume_from_a_lightning_checkpoint_trains_exactly_the_next_batches(tmp_path):
     straight, _ = fit(tiny(tmp_path, "straight"), 8)
     first, run = fit(tiny(tmp_path, "first"), 6)  # saves a checkpoint at step 3 and at step 6
-    ckpt = run.run_dir / "checkpoints" / "last.ckpt"
+    ckpt = run.run_dir / "checkpoints" / "step-00000006" / "lightning.ckpt"
     resumed, _ = fit(tiny(tmp_path, "resumed"), 8, ckpt_path=ckpt)
     assert len(straight) == 16 and len(resumed) == 4  # 2 micro-batches per step
     assert [p for p, _ in straight] == [p for p, _ in first + resumed]

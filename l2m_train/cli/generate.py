@@ -14,7 +14,8 @@ HELP = "stream generated text from a checkpoint"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a checkpoint written by `l2m train` (e.g. runs/quickstart/checkpoints/last.ckpt)")
+    parser.add_argument("checkpoint", help="a run directory (its latest checkpoint, e.g. runs/quickstart), a checkpoint "
+                        "directory, or an export (`l2m ckpt export`)")
     parser.add_argument("--prompt", default="", help="text to start from (default: empty)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate (default: 64)")
     parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (default: 0.8)")

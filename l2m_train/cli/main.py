@@ -1,13 +1,13 @@
-"""`l2m`: one command with verbs (train, generate, data). Errors in the user's input print one line and exit 2."""
+"""`l2m`: one command with verbs (train, generate, data, ckpt). Errors in the user's input print one line and exit 2."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from l2m_train.cli import data, generate, train
+from l2m_train.cli import ckpt, data, generate, train
 from l2m_train.cli.errors import UserError
 
-VERBS = {"train": train, "generate": generate, "data": data}
+VERBS = {"train": train, "generate": generate, "data": data, "ckpt": ckpt}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -33,9 +32,9 @@ def print_summary(results: list[RunResult], cfg: Config, example: tuple[str, str
         table.add_row("chance", "", "", "", "", f"{100 * RecallTask.chance:.1f}%", style="dim")
     console = Console()
     console.print(table)
-    ckpt = Path(results[0].run_dir) / "checkpoints" / "last.ckpt"
-    console.print(f"run directory: {results[0].run_dir}\ncheckpoint: {ckpt}")
+    run_dir = results[0].run_dir  # generate takes the run's latest checkpoint
+    console.print(f"run directory: {run_dir}")
     if example is not None and len(example[0]) <= PROMPT_LIMIT:
         context, answer = example
         print(f"ask it a held-out question (the answer is {answer.strip()!r}):\n"
-              f"  l2m generate {ckpt} --prompt {shlex.quote(context)} --max-new-tokens {len(answer)} --temperature 0")
+              f"  l2m generate {run_dir} --prompt {shlex.quote(context)} --max-new-tokens {len(answer)} --temperature 0")

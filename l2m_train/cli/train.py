@@ -8,10 +8,15 @@ examples:
   l2m train model=small train.max_tokens=5000000      a bigger preset, more tokens
   l2m train --config my.yaml --print-config        check a config without training
   l2m train --config babilong-curriculum           a built-in experiment (conf/experiment/); see its header
+  l2m train train.devices=2 train.strategy=deepspeed train.deepspeed.stage=3     ZeRO-3 on 2 devices
+
+An existing run directory resumes from its latest complete checkpoint (after SIGUSR1 or SIGTERM, training saves
+one at the next step and stops). A resume with another model, data or tokenizer is refused.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 
 from l2m_train.config import load_config, to_yaml
 
@@ -32,12 +37,21 @@ def run(args: argparse.Namespace) -> int:
         print(to_yaml(cfg), end="")
         return 0
     # Lightning loads in seconds: only a verb that trains pays for it.
+    from lightning.pytorch.utilities import rank_zero_only
+
     from l2m_train.cli.summary import print_summary
+    from l2m_train.train.checkpointing import Preempted
     from l2m_train.train.run import baseline_config, execute, plan
 
     configs = [cfg]
     if cfg.train.compare_baseline and cfg.model.memory.kind != "none":
         configs.append(baseline_config(cfg))
     runs = [plan(c) for c in configs]  # every error surfaces before any run directory exists
-    print_summary([execute(r) for r in runs], cfg, runs[0].data.sources[0].example())
+    try:
+        results = [execute(r) for r in runs]
+    except Preempted as stop:
+        print(f"l2m train: {stop}", file=sys.stderr)
+        return 128 + stop.signum  # the shell's convention for a process ended by a signal
+    if rank_zero_only.rank == 0:  # every launched rank runs this command
+        print_summary(results, cfg, runs[0].data.sources[0].example())
     return 0

@@ -54,12 +54,15 @@ class TrainingData(L.LightningDataModule):
         return {"order": self.state.as_dict(), "fingerprints": self.fingerprints, "tokenizer": self.tokenizer.to_json()}
 
     def load_state_dict(self, state: dict) -> None:
-        saved = state["fingerprints"]
+        self.check_fingerprints(state["fingerprints"])
+        self.state = OrderState.from_dict(state["order"])
+
+    def check_fingerprints(self, saved: dict) -> None:
+        """Refuse, naming it, a source or tokenizer other than the checkpoint's."""
         for key in sorted(set(saved) | set(self.fingerprints)):
             if saved.get(key) != self.fingerprints.get(key):
                 raise DataError(f"the checkpoint was trained with {key} {_short(saved.get(key))}, this run has "
                                 f"{_short(self.fingerprints.get(key))}: resume with the same data and tokenizer")
-        self.state = OrderState.from_dict(state["order"])
 
 
 def _short(fingerprint: str | None) -> str:

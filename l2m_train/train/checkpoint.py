@@ -1,24 +1,121 @@
-"""Loading a trained model back from a training checkpoint, without unpickling arbitrary objects."""
+"""Checkpoints on disk: their layout, the latest complete one, and loading a model for inference (without
+DeepSpeed and without unpickling arbitrary objects). Nothing here imports Lightning.
+
+<run>/checkpoints/step-00000100/   one checkpoint, published by renaming its finished temporary directory
+    lightning.ckpt                 Lightning's checkpoint: a file, or under DeepSpeed a directory of ZeRO shards
+    state.json                     the train state (l2m_train.train.state)
+    rng/rank-<r>.json              each rank's random number generators
+    tokenizer.json
+    complete                       written last: a directory without it is not a checkpoint
+    universal/                     `l2m ckpt universal`: the same, resumable on any number of ranks
+An export (`l2m ckpt export`) is a directory with model.safetensors, config.yaml and tokenizer.json.
+"""
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_model as load_safetensors
 
 from l2m_train.config import Config, ConfigError, from_dict
 from l2m_train.data import DataError
 from l2m_train.data.tokenizer import TextTokenizer
 from l2m_train.model import MemoryDecoder
 
+CHECKPOINTS, LIGHTNING, STATE, COMPLETE, UNIVERSAL = "checkpoints", "lightning.ckpt", "state.json", "complete", "universal"
+WEIGHTS, CONFIG = "model.safetensors", "config.yaml"
+_STEP = re.compile(r"step-(\d+)")
+
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or not ours, described in one line."""
 
 
-def load_model(path: str | Path) -> tuple[MemoryDecoder, Config, TextTokenizer]:
+def step_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def is_complete(path: Path) -> bool:
+    return (path / COMPLETE).is_file()
+
+
+def complete_checkpoints(directory: Path) -> list[Path]:
+    """The complete checkpoints in a checkpoints/ folder, oldest first."""
+    found = [(int(m[1]), p) for p in directory.glob("step-*") if (m := _STEP.fullmatch(p.name)) and is_complete(p)]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = complete_checkpoints(run_dir / CHECKPOINTS)
+    return found[-1] if found else None
+
+
+def resolve(path: str | Path) -> Path:
+    """A complete checkpoint directory, given one or a run directory (its latest); anything else is one clear line."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if is_complete(path):
+        return path
+    if (path / CHECKPOINTS).is_dir():
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise CheckpointError(f"run directory {path} holds no complete checkpoint yet")
+        return latest
+    if _STEP.fullmatch(path.name) or path.name.endswith(".partial"):
+        raise CheckpointError(f"{path} is an incomplete checkpoint (its write never finished); use an earlier one")
+    raise CheckpointError(f"{path} is not a checkpoint: expected a checkpoint directory (<run>/checkpoints/step-N), "
+                          "a run directory, or an export")
+
+
+def read_state(checkpoint: Path) -> dict:
+    try:
+        return json.loads((checkpoint / STATE).read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{checkpoint} has no readable train state: {str(err).splitlines()[0]}") from None
+
+
+def load_model(path: str | Path) -> tuple[MemoryDecoder, Config, TextTokenizer]:
+    """The model, its config and tokenizer from an export, a checkpoint or run directory, or a Lightning .ckpt file."""
+    path = Path(path)
+    if path.is_file():
+        return _from_lightning_file(path)
+    if (path / WEIGHTS).is_file():
+        return _from_export(path)
+    checkpoint = resolve(path)
+    if read_state(checkpoint)["strategy"] == "deepspeed":
+        raise CheckpointError(f"{checkpoint} holds DeepSpeed ZeRO shards: consolidate them with `l2m ckpt export "
+                              f"{checkpoint} --out DIR` and use DIR")
+    return _from_lightning_file(checkpoint / LIGHTNING)
+
+
+def _from_export(path: Path) -> tuple[MemoryDecoder, Config, TextTokenizer]:
+    try:
+        cfg = from_dict(OmegaConf.to_container(OmegaConf.load(path / CONFIG)))
+        model = MemoryDecoder(cfg.model)
+        load_safetensors(model, path / WEIGHTS)  # tensors only; restores tied weights that the file stores once
+        return model.eval(), cfg, TextTokenizer.load(path)
+    except (ConfigError, DataError) as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    except Exception as err:  # a missing config, a corrupt file, weights that do not fit the config
+        raise CheckpointError(f"{path} is not a readable export: {str(err).splitlines()[0]}") from None
+
+
+def model_from_weights(cfg: Config, state_dict: dict[str, torch.Tensor], where: Path) -> MemoryDecoder:
+    """The model from a LightningModule's state dict (its keys start with 'model.'; training heads are left out)."""
+    model = MemoryDecoder(cfg.model)
+    weights = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"{where}: weights do not fit its model config: {str(err).splitlines()[0]}") from None
+    return model.eval()
+
+
+def _from_lightning_file(path: Path) -> tuple[MemoryDecoder, Config, TextTokenizer]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # safe loader: tensors and plain containers only
     except Exception as err:
@@ -30,15 +127,10 @@ def load_model(path: str | Path) -> tuple[MemoryDecoder, Config, TextTokenizer]:
         cfg = from_dict(config)
     except ConfigError as err:
         raise CheckpointError(f"{path} holds an invalid config: {err}") from None
-    model = MemoryDecoder(cfg.model)
-    weights = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit its model config: {str(err).splitlines()[0]}") from None
+    model = model_from_weights(cfg, ckpt["state_dict"], path)
     data_state = ckpt.get("TrainingData", {})  # the data module's state holds the tokenizer as JSON text
     try:
         tokenizer = TextTokenizer.from_json(data_state["tokenizer"]) if "tokenizer" in data_state else TextTokenizer.byte()
     except DataError as err:
         raise CheckpointError(f"{path}: {err}") from None
-    return model.eval(), cfg, tokenizer
+    return model, cfg, tokenizer

@@ -6,6 +6,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import grad_norm
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -83,7 +84,8 @@ class LM2Module(L.LightningModule):
         self._shared_step(batch, val_prefix(self.cfg.data.sources, dataloader_idx))
 
     def on_before_optimizer_step(self, optimizer):
-        self.log("train/grad_norm", grad_norm(self.model, norm_type=2)["grad_2.0_norm_total"])
+        if not isinstance(self.trainer.strategy, DeepSpeedStrategy):  # DeepSpeed's own: strategy.DeepSpeedSupport
+            self.log("train/grad_norm", grad_norm(self.model, norm_type=2)["grad_2.0_norm_total"])
 
     def configure_optimizers(self):
         optimizer = adamw(self, self.cfg.optim)  # the model and the retrieval heads

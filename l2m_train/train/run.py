@@ -10,14 +10,19 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from omegaconf import OmegaConf
 
 from l2m_train.config import Config, ConfigError, LossConfig, to_yaml
 from l2m_train.data.module import DataPosition, TrainingData
+from l2m_train.io import publish_text
+from l2m_train.train.checkpoint import CONFIG, LIGHTNING, UNIVERSAL, latest_checkpoint, read_state
+from l2m_train.train.checkpointing import Checkpointing
 from l2m_train.train.module import LM2Module, val_prefix
+from l2m_train.train.state import check_resume, config_dict
+from l2m_train.train.strategy import DeepSpeedSupport, build_strategy, on_gpu, strategy_name
 
 
 @dataclass
@@ -46,52 +51,66 @@ class PlannedRun:
     run_dir: Path
     data: TrainingData
     trainer: L.Trainer
+    checkpointing: Checkpointing
+    resume_from: Path | None  # what trainer.fit restores: a checkpoint's Lightning part, or its universal form
 
 
 def plan(cfg: Config) -> PlannedRun:
-    """Everything a run needs, built and checked before anything touches the disk.
+    """Everything a run needs, built and checked before anything touches the disk. An existing run directory
+    resumes from its latest complete checkpoint, after checks that it continues the same model on the same data.
 
-    Raises ConfigError (or FileExistsError for a run directory in use), so bad input leaves nothing behind.
+    Raises ConfigError, DataError or FileExistsError, so bad input leaves nothing behind.
     """
     run_dir = Path(cfg.run.root) / cfg.run.name
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"run directory {run_dir} already exists; choose another run.name=… or remove it")
+    if run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / CONFIG).is_file():
+        raise FileExistsError(f"{run_dir} exists and is not a run directory (no {CONFIG}); choose another run.name=… or remove it")
+    checkpoint = latest_checkpoint(run_dir)  # every rank finds the same one: none is written before all have started
+    if checkpoint is None and (run_dir / "result.json").is_file():  # e.g. a run from before checkpoints/step-N
+        raise FileExistsError(f"{run_dir} holds a finished run but no checkpoint to resume from; choose another "
+                              "run.name=… or remove it")
     data = TrainingData(cfg)
     if cfg.model.vocab_size < data.tokenizer.vocab_size:
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the {data.tokenizer.vocab_size} "
                           f"tokens of the data's tokenizer")
+    universal = checkpoint is not None and check_resume(read_state(checkpoint), cfg, data, checkpoint)
     steps = max(1, cfg.train.max_tokens // cfg.tokens_per_step)
+    checkpointing = Checkpointing(cfg, run_dir, checkpoint)
     try:
-        trainer = _trainer(cfg, run_dir, steps)
+        trainer = _trainer(cfg, run_dir, steps, checkpointing, universal)
     except (MisconfigurationException, ValueError) as err:  # e.g. a GPU asked for on a machine without one
         raise ConfigError(f"train: {str(err).splitlines()[0]}") from None
-    return PlannedRun(cfg, run_dir, data, trainer)
+    resume_from = None if checkpoint is None else checkpoint / (UNIVERSAL if universal else LIGHTNING)
+    return PlannedRun(cfg, run_dir, data, trainer, checkpointing, resume_from)
 
 
-def _trainer(cfg: Config, run_dir: Path, steps: int) -> L.Trainer:
+def _trainer(cfg: Config, run_dir: Path, steps: int, checkpointing: Checkpointing, universal: bool) -> L.Trainer:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # no banners or tips
     warnings.filterwarnings("ignore", message=".*flops_per_batch.*")  # FLOPs and MFU arrive with W&B tracking
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own use of a deprecated torch API
     t = cfg.train
-    on_gpu = t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available())
-    precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
-    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
-                                  every_n_train_steps=t.val_every_steps)
+    precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu(cfg) else "32-true")
+    resumed = checkpointing.resumed_from
     throughput = ThroughputMonitor(batch_size_fn=lambda b: b["input_ids"].shape[0],
                                    length_fn=lambda b: b["input_ids"].numel(), window_size=10)
+    callbacks = [checkpointing, throughput, DataPosition()]  # Lightning runs checkpoint callbacks last
+    if strategy_name(cfg) == "deepspeed":
+        callbacks.append(DeepSpeedSupport())
     return L.Trainer(
         default_root_dir=run_dir,
         max_steps=steps,
         max_epochs=1,  # the training stream is endless: one "epoch" that max_steps ends
         accelerator=t.accelerator,
         devices=t.devices,
+        num_nodes=t.nodes,
+        strategy=build_strategy(cfg, load_universal=universal),
         precision=precision,
         gradient_clip_val=cfg.optim.grad_clip,
         accumulate_grad_batches=t.accumulate,
         val_check_interval=min(t.val_every_steps, steps) * t.accumulate,
         log_every_n_steps=t.log_every_steps,
-        logger=CSVLogger(run_dir, name="logs", version=""),
-        callbacks=[checkpoints, throughput, DataPosition()],
+        # A resumed run logs beside the first one: the steps after its checkpoint are logged again.
+        logger=CSVLogger(run_dir, name="logs", version="" if resumed is None else f"resume-{resumed.name}"),
+        callbacks=callbacks,
         use_distributed_sampler=False,  # ranks take disjoint slices of each global batch themselves
         num_sanity_val_steps=0,
         enable_model_summary=False,
@@ -99,24 +118,31 @@ def _trainer(cfg: Config, run_dir: Path, steps: int) -> L.Trainer:
 
 
 def execute(run: PlannedRun) -> RunResult:
-    """Create the run directory, write the resolved config, train, validate, and write result.json."""
+    """Create the run directory, write the resolved config, train (or resume), validate, and write result.json.
+
+    Raises Preempted when a signal stopped training early, after its checkpoint.
+    """
     cfg, run_dir, trainer = run.cfg, run.run_dir, run.trainer
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    run.data.tokenizer.save(run_dir)
+    if rank_zero_only.rank == 0:  # launched ranks run this too
+        run_dir.mkdir(parents=True, exist_ok=True)
+        publish_text(run_dir / CONFIG, to_yaml(cfg))
+        run.data.tokenizer.save(run_dir)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     L.seed_everything(cfg.train.seed, verbose=False)
-    module = LM2Module(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    module = LM2Module(config_dict(cfg))
+    params = sum(p.numel() for p in module.model.parameters())  # counted now: ZeRO-3 partitions them
     started = time.perf_counter()
-    trainer.fit(module, datamodule=run.data)
+    trainer.fit(module, datamodule=run.data, ckpt_path=run.resume_from)
     seconds = time.perf_counter() - started
+    if run.checkpointing.preempted is not None:
+        raise run.checkpointing.preempted
     metrics = trainer.validate(module, datamodule=run.data, verbose=False)[0]
     prefix = val_prefix(cfg.data.sources, 0)  # a mixture reports its first source
     result = RunResult(
         kind=cfg.model.memory.kind,
         attention=cfg.model.attention,
-        params=sum(p.numel() for p in module.model.parameters()),
+        params=params,
         val_acc=metrics[f"{prefix}/acc"],
         val_exact=metrics[f"{prefix}/exact"],
         val_loss=metrics[f"{prefix}/loss"],
@@ -125,7 +151,8 @@ def execute(run: PlannedRun) -> RunResult:
         seconds=seconds,
         run_dir=str(run_dir),
     )
-    (run_dir / "result.json").write_text(json.dumps(result.__dict__, indent=2))
+    if rank_zero_only.rank == 0:
+        publish_text(run_dir / "result.json", json.dumps(result.__dict__, indent=2))
     return result
 
 
