@@ -53,29 +53,18 @@ def group_order(group: str) -> tuple[int, int]:
     return (0, 0) if group == "all" else (2, GAPS.index(group))
 
 
-def evaluate(run_dir: str, batch_size: int = 32) -> dict:
-    """Exact answers (every answer token and end-of-text right, teacher-forced) on the held-out split, by group."""
-    import datasets
-    import torch
-
-    from l2m_train.data.sample import Sample, collate
+def evaluate(run_dir: str) -> dict:
+    """Exact answers (greedy decoding gives every answer token and end-of-text) on the held-out split, by group."""
+    from l2m_train.eval.babilong import exact_answers, rows_from_dataset
     from l2m_train.train.checkpoint import load_model
-    from l2m_train.train.losses import lm_loss
 
-    model, cfg, _ = load_model(run_dir)
-    rows = list(datasets.load_from_disk(cfg.data.qa.path)["validation"])
+    model, cfg, tokenizer = load_model(run_dir)
+    rows = rows_from_dataset(cfg.data.qa.path, tokenizer)
     right, total = defaultdict(int), defaultdict(int)
-    with torch.no_grad():
-        for i in range(0, len(rows), batch_size):
-            chunk = rows[i:i + batch_size]
-            samples = [Sample(r["input_ids"], r["answer_start"]) for r in chunk]
-            batch = collate(samples, max(s.inputs for s in samples))
-            out = model(batch["input_ids"], valid=batch.get("valid"))
-            exact = lm_loss(out.logits, batch["labels"], cfg.model.segment_len).exact_rows.tolist()
-            for r, ok in zip(chunk, exact):
-                for group in ("all", f"length {r['target_length']}", gap_bucket(r, cfg.model.segment_len)):
-                    right[group] += ok
-                    total[group] += 1
+    for r, ok in zip(rows, exact_answers(model, rows)):
+        for group in ("all", f"length {r['target_length']}", gap_bucket(r, cfg.model.segment_len)):
+            right[group] += ok
+            total[group] += 1
     return {g: {"accuracy": right[g] / total[g], "samples": total[g]} for g in total}
 
 

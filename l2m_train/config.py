@@ -154,6 +154,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
     compare_baseline: bool = False  # also train segment-local `none` on the same budget and compare
+    peak_tflops: float = 0.0  # per device, for MFU; 0 = Lightning's figure for known GPUs (none for CPUs: no MFU)
 
 
 @dataclass
@@ -170,6 +171,39 @@ class RunConfig:
 
 
 @dataclass
+class WandbConfig:
+    """W&B run tracking. One W&B run per run directory: a resumed or requeued run continues it."""
+
+    mode: str = "auto"  # auto: $WANDB_MODE if set, else online with an API key, else offline | online | offline | disabled
+    project: str = "l2m_train"
+    entity: str = ""  # "" = your default entity
+    tags: list[str] = field(default_factory=list)
+    init_timeout: int = 30  # seconds to reach the server before falling back to offline
+
+
+@dataclass
+class SlurmConfig:
+    """`l2m submit`: the sbatch job. Nodes and tasks per node (one per device) come from train.nodes and train.devices."""
+
+    time: str = "4:00:00"  # --time; a job stopped by it checkpoints, requeues itself and resumes
+    signal_seconds: int = 300  # SIGUSR1 reaches every rank this long before the time limit
+    cpus_per_task: int = 4
+    mem: str = ""  # per node, e.g. 200G; "" = the partition's default
+    gpu_type: str = ""  # --gpus-per-node=<gpu_type>:<devices>, e.g. a100; "" = any
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    constraint: str = ""
+    output: str = ""  # --output pattern, e.g. logs/%x-%j.out; "" = SLURM's default (slurm-%j.out)
+    sbatch: list[str] = field(default_factory=list)  # more `#SBATCH` options, e.g. [--exclusive, --mail-type=END]
+    modules: list[str] = field(default_factory=list)  # `module load` each, before srun
+    env: dict[str, str] = field(default_factory=dict)  # exported before srun
+    setup: list[str] = field(default_factory=list)  # shell lines run as written (your own commands: not quoted)
+    container: str = ""  # srun --container-image (pyxis/enroot)
+    srun: list[str] = field(default_factory=list)  # more srun options, e.g. [--container-mounts=/data:/data]
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -178,6 +212,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
     @property
     def sample_len(self) -> int:
@@ -304,8 +340,10 @@ def validate(cfg: Config) -> None:
         (t.precision in ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"), f"unsupported train.precision '{t.precision}'"),
         (o.lr > 0 and o.warmup_tokens >= 0 and o.weight_decay >= 0, "optim.lr must be > 0, warmup_tokens and weight_decay >= 0"),
         (0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}"),
+        (cfg.wandb.mode in ("auto", "online", "offline", "disabled"),
+         f"wandb.mode must be auto, online, offline or disabled, got '{cfg.wandb.mode}'"),
     ]
-    for ok, message in checks + _curriculum_checks(cfg) + _loss_checks(cfg) + _strategy_checks(cfg):
+    for ok, message in checks + _curriculum_checks(cfg) + _loss_checks(cfg) + _strategy_checks(cfg) + _slurm_checks(cfg):
         if not ok:
             raise ConfigError(message)
 
@@ -339,9 +377,17 @@ def _strategy_checks(cfg: Config) -> list[tuple[bool, str]]:
         (not OWNED_DEEPSPEED_KEYS & set(ds.extra) and not (isinstance(zero, dict) and "stage" in zero),
          f"train.deepspeed.extra must not set what our config sets (the ZeRO stage, {', '.join(sorted(OWNED_DEEPSPEED_KEYS))}): "
          "use train.deepspeed.stage, train.micro_batch, train.accumulate, optim.grad_clip and train.precision"),
+        (t.peak_tflops >= 0, f"train.peak_tflops must be >= 0, got {t.peak_tflops}"),
         (c.every_steps > 0 and c.keep_last > 0 and c.keep_every_steps >= 0,
          "checkpoint.every_steps and checkpoint.keep_last must be > 0, checkpoint.keep_every_steps >= 0"),
     ]
+
+
+def _slurm_checks(cfg: Config) -> list[tuple[bool, str]]:
+    """Numbers only: what a job script can express is checked by `l2m submit` (l2m_train/slurm/resources.py)."""
+    s = cfg.slurm
+    return [(s.cpus_per_task > 0, f"slurm.cpus_per_task must be > 0, got {s.cpus_per_task}"),
+            (s.signal_seconds > 0, f"slurm.signal_seconds must be > 0, got {s.signal_seconds}")]
 
 
 def memory_read_layers(cfg: ModelConfig) -> list[int]:

@@ -10,6 +10,8 @@ from l2m_train.model import MemoryDecoder
 # DeepSpeed compiles its C++ ops on first use into a cache keyed by op name only: one per checkout, so that
 # checkouts with other torch builds do not invalidate (or wait on) each other's.
 os.environ["TORCH_EXTENSIONS_DIR"] = str(Path(__file__).resolve().parents[1] / ".torch_extensions")
+# W&B off unless a test asks for it (wandb.mode=offline): a W&B run costs seconds per training, and tests train often.
+os.environ["WANDB_MODE"] = "disabled"
 
 KINDS = [("lm2", "segment"), ("rmt", "segment"), ("none", "segment"), ("none", "full")]
 

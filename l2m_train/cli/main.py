@@ -1,13 +1,14 @@
-"""`l2m`: one command with verbs (train, generate, data, ckpt). Errors in the user's input print one line and exit 2."""
+"""`l2m`: one command with verbs (train, generate, data, ckpt, submit, eval). Errors in the user's input print one line and exit 2."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from l2m_train.cli import ckpt, data, generate, train
+from l2m_train.cli import ckpt, data, generate, submit, train
+from l2m_train.cli import eval as eval_cmd
 from l2m_train.cli.errors import UserError
 
-VERBS = {"train": train, "generate": generate, "data": data, "ckpt": ckpt}
+VERBS = {"train": train, "generate": generate, "data": data, "ckpt": ckpt, "submit": submit, "eval": eval_cmd}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # argparse cannot mix options and a trailing positional list (`--print-config model.x=1`): collect leftovers.
     args, extra = parser.parse_known_args(argv)
-    if extra and (args.verb != "train" or any(e.startswith("-") for e in extra)):
+    if extra and (args.verb not in ("train", "submit") or any(e.startswith("-") for e in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides += extra

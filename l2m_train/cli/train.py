@@ -40,13 +40,14 @@ def run(args: argparse.Namespace) -> int:
     from lightning.pytorch.utilities import rank_zero_only
 
     from l2m_train.cli.summary import print_summary
+    from l2m_train.slurm.environment import cluster_plugins
     from l2m_train.train.checkpointing import Preempted
     from l2m_train.train.run import baseline_config, execute, plan
 
     configs = [cfg]
     if cfg.train.compare_baseline and cfg.model.memory.kind != "none":
         configs.append(baseline_config(cfg))
-    runs = [plan(c) for c in configs]  # every error surfaces before any run directory exists
+    runs = [plan(c, cluster_plugins()) for c in configs]  # every error surfaces before any run directory exists
     try:
         results = [execute(r) for r in runs]
     except Preempted as stop:

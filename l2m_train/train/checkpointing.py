@@ -33,8 +33,8 @@ class Preempted(Exception):
 
 
 class Checkpointing(Checkpoint):
-    def __init__(self, cfg: Config, run_dir: Path, resumed_from: Path | None):
-        self.cfg, self.dir, self.resumed_from = cfg, run_dir / CHECKPOINTS, resumed_from
+    def __init__(self, cfg: Config, run_dir: Path, resumed_from: Path | None, wandb_run_id: str | None):
+        self.cfg, self.dir, self.resumed_from, self.wandb_run_id = cfg, run_dir / CHECKPOINTS, resumed_from, wandb_run_id
         self.signal: int | None = None  # a preemption signal received by this process
         self.preempted: Preempted | None = None
         self._previous_handlers: dict[int, object] = {}
@@ -96,7 +96,7 @@ class Checkpointing(Checkpoint):
         trainer.strategy.barrier("checkpoint-written")
         if trainer.is_global_zero:
             data = trainer.datamodule
-            publish_text(partial / STATE, json.dumps(train_state(self.cfg, data, trainer.global_step), indent=1))
+            publish_text(partial / STATE, json.dumps(train_state(self.cfg, data, trainer.global_step, self.wandb_run_id), indent=1))
             data.tokenizer.save(partial)
             publish_text(partial / COMPLETE, "")
             os.rename(partial, final)

@@ -12,6 +12,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from l2m_train.config import Config, from_dict, memory_read_layers
 from l2m_train.model import MemoryDecoder
+from l2m_train.model.flops import forward_flops_per_token, train_flops_per_token
 from l2m_train.train.losses import lm_loss
 from l2m_train.train.optim import adamw, lr_at
 from l2m_train.train.reconstruction import reconstruction_loss
@@ -26,7 +27,8 @@ def val_prefix(sources: list[str], index: int) -> str:
 class LM2Module(L.LightningModule):
     def __init__(self, config: dict[str, Any]):
         super().__init__()
-        self.save_hyperparameters()  # the plain-dict config travels inside every checkpoint
+        # The plain-dict config travels inside every checkpoint; loggers get it from the run (W&B's config, config.yaml).
+        self.save_hyperparameters(logger=False)
         self.cfg: Config = from_dict(config)
         self.model = MemoryDecoder(self.cfg.model)
         rec, ret, m = self.cfg.loss.reconstruction, self.cfg.loss.retrieval, self.cfg.model
@@ -34,10 +36,19 @@ class LM2Module(L.LightningModule):
         self.reconstruction_layers = (rec.layers or readers) if rec.weight > 0 else []  # weight 0: never computed
         self.retrieval = RetrievalHead(m.d_model, ret.dim, ret.temperature, m.segment_len) if ret.weight > 0 else None
         self.retrieval_layer = readers[-1] if readers else None  # the top layer that reads memory
+        self._batch_shape = (0, 0)  # (samples, tokens per sample) of the last batch, for flops_per_batch
+
+    @property
+    def flops_per_batch(self) -> float:
+        """The last batch's FLOPs on this device (read by Lightning's ThroughputMonitor for FLOP/s and MFU)."""
+        samples, length = self._batch_shape
+        per_token = train_flops_per_token if self.training else forward_flops_per_token
+        return samples * length * per_token(self.cfg.model, context=length)
 
     def _shared_step(self, batch: dict[str, torch.Tensor], prefix: str):
         keep_aux = bool(self.reconstruction_layers) or self.retrieval is not None
         out = self.model(batch["input_ids"], valid=batch.get("valid"), keep_aux=keep_aux)
+        self._batch_shape = tuple(batch["input_ids"].shape)
         result = lm_loss(out.logits, batch["labels"], self.cfg.model.segment_len)
         train = prefix == "train"
         # Training logs every step; validation averages over the whole set (across ranks).

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -23,6 +24,8 @@ from l2m_train.train.checkpointing import Checkpointing
 from l2m_train.train.module import LM2Module, val_prefix
 from l2m_train.train.state import check_resume, config_dict
 from l2m_train.train.strategy import DeepSpeedSupport, build_strategy, on_gpu, strategy_name
+from l2m_train.train.throughput import Throughput
+from l2m_train.train.tracking import RUN_ID_FILE, Tracker
 
 
 @dataclass
@@ -53,12 +56,14 @@ class PlannedRun:
     trainer: L.Trainer
     checkpointing: Checkpointing
     resume_from: Path | None  # what trainer.fit restores: a checkpoint's Lightning part, or its universal form
+    tracker: Tracker
 
 
-def plan(cfg: Config) -> PlannedRun:
+def plan(cfg: Config, plugins: Sequence[object] = ()) -> PlannedRun:
     """Everything a run needs, built and checked before anything touches the disk. An existing run directory
     resumes from its latest complete checkpoint, after checks that it continues the same model on the same data.
 
+    `plugins` go to the Trainer, e.g. the cluster environment the command runs in.
     Raises ConfigError, DataError or FileExistsError, so bad input leaves nothing behind.
     """
     run_dir = Path(cfg.run.root) / cfg.run.name
@@ -72,27 +77,26 @@ def plan(cfg: Config) -> PlannedRun:
     if cfg.model.vocab_size < data.tokenizer.vocab_size:
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the {data.tokenizer.vocab_size} "
                           f"tokens of the data's tokenizer")
-    universal = checkpoint is not None and check_resume(read_state(checkpoint), cfg, data, checkpoint)
+    state = None if checkpoint is None else read_state(checkpoint)
+    universal = state is not None and check_resume(state, cfg, data, checkpoint)
     steps = max(1, cfg.train.max_tokens // cfg.tokens_per_step)
-    checkpointing = Checkpointing(cfg, run_dir, checkpoint)
+    tracker = Tracker(cfg, run_dir, None if state is None else state.get("wandb_run_id"))
+    checkpointing = Checkpointing(cfg, run_dir, checkpoint, tracker.run_id)
     try:
-        trainer = _trainer(cfg, run_dir, steps, checkpointing, universal)
+        trainer = _trainer(cfg, run_dir, steps, checkpointing, universal, list(plugins))
     except (MisconfigurationException, ValueError) as err:  # e.g. a GPU asked for on a machine without one
         raise ConfigError(f"train: {str(err).splitlines()[0]}") from None
     resume_from = None if checkpoint is None else checkpoint / (UNIVERSAL if universal else LIGHTNING)
-    return PlannedRun(cfg, run_dir, data, trainer, checkpointing, resume_from)
+    return PlannedRun(cfg, run_dir, data, trainer, checkpointing, resume_from, tracker)
 
 
-def _trainer(cfg: Config, run_dir: Path, steps: int, checkpointing: Checkpointing, universal: bool) -> L.Trainer:
+def _trainer(cfg: Config, run_dir: Path, steps: int, checkpointing: Checkpointing, universal: bool, plugins: list) -> L.Trainer:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # no banners or tips
-    warnings.filterwarnings("ignore", message=".*flops_per_batch.*")  # FLOPs and MFU arrive with W&B tracking
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own use of a deprecated torch API
     t = cfg.train
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu(cfg) else "32-true")
     resumed = checkpointing.resumed_from
-    throughput = ThroughputMonitor(batch_size_fn=lambda b: b["input_ids"].shape[0],
-                                   length_fn=lambda b: b["input_ids"].numel(), window_size=10)
-    callbacks = [checkpointing, throughput, DataPosition()]  # Lightning runs checkpoint callbacks last
+    callbacks = [checkpointing, Throughput(t.peak_tflops), DataPosition()]  # Lightning runs checkpoint callbacks last
     if strategy_name(cfg) == "deepspeed":
         callbacks.append(DeepSpeedSupport())
     return L.Trainer(
@@ -102,6 +106,7 @@ def _trainer(cfg: Config, run_dir: Path, steps: int, checkpointing: Checkpointin
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.nodes,
+        plugins=plugins,
         strategy=build_strategy(cfg, load_universal=universal),
         precision=precision,
         gradient_clip_val=cfg.optim.grad_clip,
@@ -120,13 +125,17 @@ def _trainer(cfg: Config, run_dir: Path, steps: int, checkpointing: Checkpointin
 def execute(run: PlannedRun) -> RunResult:
     """Create the run directory, write the resolved config, train (or resume), validate, and write result.json.
 
-    Raises Preempted when a signal stopped training early, after its checkpoint.
+    Raises Preempted when a signal stopped training early, after its checkpoint (the process should then exit: it
+    ignores SIGTERM from there on).
     """
     cfg, run_dir, trainer = run.cfg, run.run_dir, run.trainer
     if rank_zero_only.rank == 0:  # launched ranks run this too
         run_dir.mkdir(parents=True, exist_ok=True)
         publish_text(run_dir / CONFIG, to_yaml(cfg))
         run.data.tokenizer.save(run_dir)
+        if logger := run.tracker.start(config_dict(cfg)):
+            publish_text(run_dir / RUN_ID_FILE, run.tracker.run_id)
+            trainer.loggers = [*trainer.loggers, logger]
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     L.seed_everything(cfg.train.seed, verbose=False)
@@ -135,9 +144,15 @@ def execute(run: PlannedRun) -> RunResult:
     started = time.perf_counter()
     trainer.fit(module, datamodule=run.data, ckpt_path=run.resume_from)
     seconds = time.perf_counter() - started
-    if run.checkpointing.preempted is not None:
-        raise run.checkpointing.preempted
+    if (stop := run.checkpointing.preempted) is not None:
+        # Saved; leaving with 128 + signal, which a job script reads. A launcher may terminate the other ranks when the
+        # first one exits (srun --kill-on-bad-exit): ignore that, and leave together once W&B is closed.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        run.tracker.finish(exit_code=128 + stop.signum)
+        trainer.strategy.barrier("preempted")
+        raise stop
     metrics = trainer.validate(module, datamodule=run.data, verbose=False)[0]
+    run.tracker.log_results(metrics)
     prefix = val_prefix(cfg.data.sources, 0)  # a mixture reports its first source
     result = RunResult(
         kind=cfg.model.memory.kind,
@@ -153,6 +168,7 @@ def execute(run: PlannedRun) -> RunResult:
     )
     if rank_zero_only.rank == 0:
         publish_text(run_dir / "result.json", json.dumps(result.__dict__, indent=2))
+    run.tracker.finish()
     return result
 
 

@@ -23,7 +23,7 @@ def config_dict(cfg: Config) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(cfg))
 
 
-def train_state(cfg: Config, data: TrainingData, step: int) -> dict[str, Any]:
+def train_state(cfg: Config, data: TrainingData, step: int, wandb_run_id: str | None) -> dict[str, Any]:
     """What a checkpoint at `step` records beside the weights and the optimizer (written by rank 0)."""
     config = config_dict(cfg)
     return {
@@ -34,7 +34,7 @@ def train_state(cfg: Config, data: TrainingData, step: int) -> dict[str, Any]:
         "world_size": cfg.world_size,
         "strategy": strategy_name(cfg),
         "zero_stage": cfg.train.deepspeed.stage if strategy_name(cfg) == "deepspeed" else None,
-        "wandb_run_id": None,
+        "wandb_run_id": wandb_run_id,  # a resumed run continues this W&B run
         "hashes": {"config": json_fingerprint(config), "model": json_fingerprint(config["model"]),
                    "data": data.fingerprints},  # data.fingerprints holds the tokenizer's and each source's manifest
         "config": config,

@@ -1,0 +1,161 @@
+"""Sample length scaling: training tokens/s and peak memory of `none` (segment-local and full attention), `rmt`
+and `lm2` as one sample grows from 1k to 128k tokens (powers of 2) at a fixed BPTT window.
+
+A step is what `l2m train` does: the whole sample forward, the loss over every token, one backward, AdamW. With
+--windowed it is truncated BPTT instead: forward and backward per window of `model.memory.bptt_segments`
+segments, the state detached between windows (what a windowed trainer would do; `l2m train` does not).
+Each model runs in its own worker process, lengths in increasing order; a model that runs out of memory
+(CUDA OOM, or its worker killed) is recorded as OOM and not grown further. Not a test.
+
+    python benchmarks/length_scaling.py                              # CPU: tiny model, 1k..16k tokens, batch 1
+    python benchmarks/length_scaling.py --device cuda --max-len 131072
+    python benchmarks/length_scaling.py --windowed --max-len 8192
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import replace
+
+import torch
+from common import (
+    KINDS,
+    add_device_arguments,
+    autocast,
+    build,
+    fmt,
+    is_oom,
+    peak_memory_mb,
+    print_table,
+    release,
+    reset_peak_memory,
+    serve,
+    setup,
+    start_workers,
+    sync,
+    train_step,
+    write_json,
+)
+from torch.optim import Optimizer
+
+from l2m_train.config import Config
+from l2m_train.model import MemoryDecoder
+from l2m_train.train.losses import lm_loss
+
+DEFAULTS = {"cpu": ["model=tiny", "model.segment_len=128", "model.memory.slots=16", "model.memory.bptt_segments=4"],
+            "cuda": ["model=small", "model.memory.bptt_segments=4"]}
+
+
+def windowed_step(model: MemoryDecoder, opt: Optimizer, tokens: torch.Tensor, cfg: Config, device: torch.device) -> None:
+    """Truncated BPTT: forward and backward per window of bptt_segments segments (-1: the whole sample), the carried
+    state detached between windows."""
+    T, k, state = tokens.shape[1] - 1, cfg.model.memory.bptt_segments, None
+    window = T if k < 0 else cfg.model.segment_len * max(1, k)
+    opt.zero_grad(set_to_none=True)
+    for a in range(0, T, window):
+        b = min(T, a + window)
+        with autocast(device):
+            out = model(tokens[:, a:b], state)
+            loss = lm_loss(out.logits, tokens[:, a + 1:b + 1], cfg.model.segment_len).loss * (b - a) / T
+        loss.backward()
+        s = out.state
+        state = replace(s, caches=tuple(None if c is None else (c[0].detach(), c[1].detach()) for c in s.caches),
+                        memory=tuple(m.detach() for m in s.memory), pending=tuple(p if p is None else p.detach() for p in s.pending))
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+    opt.step()
+
+
+def worker(name: str, args: argparse.Namespace) -> None:
+    device = setup(args.device, args.threads)
+    cfg, model, opt = build(DEFAULTS[args.device] + KINDS[name] + args.overrides, device)
+    step = windowed_step if args.windowed else train_step
+
+    def measure(T: int, warmup: bool) -> float:
+        """Seconds of one step on a sample of T tokens, after the warm-up steps if asked."""
+        tokens = torch.randint(0, cfg.model.vocab_size, (args.batch, T + 1), device=device)
+        if warmup:
+            for _ in range(args.warmup):
+                step(model, opt, tokens, cfg, device)
+            reset_peak_memory(device)
+        sync(device)
+        start = time.perf_counter()
+        step(model, opt, tokens, cfg, device)
+        sync(device)
+        return time.perf_counter() - start
+
+    def run(request: dict) -> dict:
+        try:
+            seconds = measure(request["length"], request["warmup"])
+        except RuntimeError as err:  # torch.OutOfMemoryError is one
+            if not is_oom(err):
+                raise
+            seconds = None
+        opt.zero_grad(set_to_none=True)
+        peak = peak_memory_mb(device)
+        release(device)  # here, once the exception no longer holds the failed step's tensors
+        return {"oom": True} if seconds is None else {"seconds": seconds, "peak_mb": peak}
+
+    serve(run)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--min-len", type=int, default=1024, help="shortest sample, tokens (default: 1024)")
+    parser.add_argument("--max-len", type=int, default=16384, help="longest sample, tokens; lengths double (default: 16384)")
+    parser.add_argument("--batch", type=int, default=1, help="samples per step (default: 1)")
+    parser.add_argument("--steps", type=int, default=3,
+                        help="timed steps per model and length, the models taking turns; tokens/s from the median (default: 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model and length first (default: 1)")
+    parser.add_argument("--windowed", action="store_true", help="backward per BPTT window instead of per sample")
+    parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS), help="models (default: all four)")
+    add_device_arguments(parser, "length_scaling.json")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="config overrides on top of the benchmark's defaults")
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args)
+    device = setup(args.device, 1)
+    passed = [f"--{k}={getattr(args, k)}" for k in ("device", "threads", "batch", "steps", "warmup")]
+    passed += ["--windowed"] * args.windowed + args.overrides
+    lengths = [args.min_len * 2**i for i in range((args.max_len // args.min_len).bit_length())]
+    workers = start_workers(__file__, args.kinds, passed)
+    results: dict[str, dict[int, dict]] = {name: {} for name in args.kinds}
+    for T in lengths:
+        # Steps take turns between the models, so that a burst of other work on the machine hits no model alone.
+        alive = [n for n in args.kinds if not any(r.get("oom") for r in results[n].values())]
+        answers: dict[str, list[dict]] = {n: [] for n in alive}
+        for i in range(args.steps):
+            for name in alive if i % 2 == 0 else reversed(alive):
+                last = answers[name][-1] if answers[name] else {}
+                if last is not None and not last.get("oom"):  # None: the worker was killed, on CPU for memory
+                    answers[name].append(workers[name].ask({"length": T, "warmup": i == 0}))
+        for name, got in answers.items():
+            if any(a is None or a.get("oom") for a in got):
+                results[name][T] = {"oom": True, "killed": None in got}
+            else:
+                times = [a["seconds"] for a in got]
+                results[name][T] = {"tokens_per_s": args.batch * T / statistics.median(times), "step_s": times,
+                                    "peak_mb": got[-1]["peak_mb"]}
+        print(f"  {T:,} tokens: " + ", ".join(f"{n} {fmt(results[n][T].get('tokens_per_s'))}" for n in alive), file=sys.stderr)
+    for w in workers.values():
+        w.close()
+
+    def cell(name: str, T: int, key: str) -> str:
+        r = results[name].get(T)
+        return "" if r is None else "OOM" if r.get("oom") else fmt(r[key])
+
+    overrides = DEFAULTS[args.device] + args.overrides
+    mode = "backward per BPTT window" if args.windowed else "whole-sample backward, as l2m train"
+    columns = ["tokens"] + [f"{name} tok/s" for name in args.kinds] + [f"{name} peak MB" for name in args.kinds]
+    print_table(f"Sample length scaling, {args.device}, {mode} ({' '.join(overrides)})", columns,
+                [[f"{T:,}"] + [cell(n, T, "tokens_per_s") for n in args.kinds] + [cell(n, T, "peak_mb") for n in args.kinds]
+                 for T in lengths],
+                caption=f"batch {args.batch}; tokens/s from the median of {args.steps} steps after {args.warmup} per length")
+    write_json(args.json, device, args, {"overrides": overrides, "windowed": args.windowed, "batch": args.batch,
+                                         "results": {name: {str(T): r for T, r in rs.items()} for name, rs in results.items()}})
+
+
+if __name__ == "__main__":
+    main()

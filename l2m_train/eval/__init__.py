@@ -1,0 +1,1 @@
+"""Evaluation of trained models: BABILong accuracy by task and context length, perplexity by segment index."""

@@ -1,0 +1,19 @@
+"""Tokens/s, FLOP/s and MFU: Lightning's ThroughputMonitor, with the FLOPs of l2m_train/model/flops.py (the module's
+`flops_per_batch`) and the device's peak from train.peak_tflops when set (Lightning knows the peaks of some GPUs only)."""
+from __future__ import annotations
+
+import lightning as L
+from lightning.pytorch.callbacks import ThroughputMonitor
+
+
+class Throughput(ThroughputMonitor):
+    def __init__(self, peak_tflops: float):
+        super().__init__(batch_size_fn=lambda b: b["input_ids"].shape[0], length_fn=lambda b: b["input_ids"].numel(), window_size=10)
+        self.peak_flops = peak_tflops * 1e12 or None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if self.peak_flops:  # Lightning fixed its own figure into each stage's counter
+            self.available_flops = self.peak_flops
+            for counter in self._throughputs.values():
+                counter.available_flops = self.peak_flops

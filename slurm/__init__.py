@@ -1,0 +1,1 @@
+"""The sbatch templates that `l2m submit` renders, installed as the package l2m_train.slurm_templates."""
