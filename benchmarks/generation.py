@@ -1,12 +1,13 @@
 """Streaming generation: tokens/s and memory of `none` (segment-local and full attention), `rmt` and `lm2` after
 consuming contexts of 1k tokens up to 1M (powers of 2).
 
-Each model runs in its own worker process. It consumes one growing context segment by segment, carrying its
-state (the memory; the KV cache of the current segment, or of the whole past for full attention), and at each
-context length generates --new-tokens tokens greedily from that state (`MemoryDecoder.generate` continuing
-it; states are immutable, so consumption then goes on from the saved one). Reported: generation tokens/s (from
-the median time per token), the largest state generation carried (memory, KV cache), peak memory (on CUDA while
-generating; on CPU the process's high-water mark so far), and in the JSON the context consumption tokens/s.
+Each model runs in its own worker process. It consumes one growing context, carrying its state (the memory; the
+KV cache of the current segment, or of the whole past for full attention) through `MemoryDecoder.consume`, as
+`generate` consumes a prompt: a call per segment, keeping only the last logits. At each context length it generates
+--new-tokens tokens greedily from that state (`generate` continuing it; states are immutable, so consumption then
+goes on from the saved one). Reported: generation tokens/s (from the median time per token), the largest state
+generation carried (memory, KV cache), peak memory (on CUDA while generating; on CPU the process's high-water mark
+so far), and in the JSON the context consumption tokens/s.
 A model that runs out of memory (CUDA OOM, or its worker killed) is recorded as OOM and not grown further.
 Not a test.
 
@@ -46,7 +47,7 @@ def worker(name: str, args: argparse.Namespace) -> None:
     device = setup(args.device, args.threads)
     cfg, model, _ = build(DEFAULTS[args.device] + KINDS[name] + args.overrides, device, optimizer=False)
     model.eval()
-    L, V = cfg.model.segment_len, cfg.model.vocab_size
+    V = cfg.model.vocab_size
     state, consumed = None, 0
 
     @torch.no_grad()
@@ -57,10 +58,8 @@ def worker(name: str, args: argparse.Namespace) -> None:
         sync(device)
         start = time.perf_counter()
         with autocast(device):
-            while consumed < C:  # one segment per call, as a stream would arrive
-                n = min(L, C - consumed)
-                state = model(torch.randint(0, V, (1, n), device=device), state).state
-                consumed += n
+            _, state = model.consume(torch.randint(0, V, (1, fresh), device=device), state)
+        consumed = C
         sync(device)
         consume_tokens_per_s = fresh / (time.perf_counter() - start)
         reset_peak_memory(device)

@@ -120,6 +120,33 @@ def test_a_preempted_run_resumes_exactly_where_an_uninterrupted_one_goes(tmp_pat
     assert final.keys() == straight.keys() and all(torch.equal(final[k], straight[k]) for k in final)
 
 
+class SignalDuringValidation(Callback):
+    def __init__(self):
+        self.batches = 0
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.batches += 1
+        if trainer.global_step == 4 and batch_idx == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # a preemption in the middle of a long validation
+
+
+def test_a_signal_during_validation_ends_it_and_the_next_step_saves(tmp_path):
+    validation = ["train.val_every_steps=4", "data.val_samples=16"]  # 4 batches of 4 samples, after steps 4 and 8
+    straight = execute(plan(tiny(tmp_path, "straight", *validation)))
+    run = plan(tiny(tmp_path, "stopped", *validation))
+    counter = SignalDuringValidation()
+    run.trainer.callbacks.append(counter)
+    with pytest.raises(Preempted) as stop:
+        execute(run)
+    assert stop.value.signum == signal.SIGTERM and counter.batches == 2  # batches 0 and 1 of 4, and no other
+    assert [p.name for p in (tmp_path / "stopped" / "checkpoints").iterdir()] == ["step-00000005"]
+    result = execute(plan(tiny(tmp_path, "stopped", *validation)))
+    assert result.val_loss == straight.val_loss
+    final, expected = weights(tmp_path / "stopped" / "checkpoints" / "step-00000009"), \
+        weights(tmp_path / "straight" / "checkpoints" / "step-00000009")
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
 KILLED_WRITE = """
 import os, signal, sys
 from pathlib import Path

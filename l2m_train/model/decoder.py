@@ -3,6 +3,7 @@
 One code path serves training, segment-by-segment streaming and token-by-token generation: `forward`
 cuts its input at segment boundaries and `_step` processes a piece that stays inside one segment,
 extending the state's KV cache; when a segment completes, the memory is written and the cache dropped.
+lm2's read keys/values of the memory are projected on a segment's first read and kept until the next write.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from l2m_train.config import ModelConfig, memory_read_layers
 from l2m_train.model.layers import SelfAttention, SwiGLU
-from l2m_train.model.memory import LM2Memory, MemoryRead, MemoryTrace
+from l2m_train.model.memory import KV, LM2Memory, MemoryRead, MemoryTrace
 
 KVCache = tuple[Tensor, Tensor]
 
@@ -27,10 +28,11 @@ class DecoderState:
     caches: tuple[KVCache | None, ...]  # per block: keys/values of the current segment
     memory: tuple[Tensor, ...]  # lm2: B × N × d per memory layer; rmt: one B × K × d; none: ()
     pending: tuple[Tensor | None, ...]  # lm2: per memory layer, block outputs y awaiting the segment's write
+    memory_kv: tuple[KV | None, ...]  # lm2: per memory layer, the read's keys/values of `memory` (None: not yet read)
     valid: Tensor | None  # B × cached tokens: which are real (None: all)
 
     def tensors(self) -> list[Tensor]:
-        kv = [t for c in self.caches if c is not None for t in c]
+        kv = [t for c in self.caches + self.memory_kv if c is not None for t in c]
         return kv + list(self.memory) + [p for p in self.pending if p is not None]
 
 
@@ -60,15 +62,16 @@ class Block(nn.Module):
         )
 
     def forward(
-        self, x: Tensor, cache: KVCache | None, key_valid: Tensor | None, memory: Tensor | None
+        self, x: Tensor, cache: KVCache | None, key_valid: Tensor | None, memory_kv: KV | None
     ) -> tuple[Tensor, KVCache, Tensor, MemoryRead | None]:
-        """Returns (block output, extended cache, self-attention queries, the memory read if any)."""
+        """memory_kv: the memory's read keys/values. Returns (block output, extended cache, self-attention queries,
+        the memory read if any)."""
         x_normed = self.attn_norm(x)
         attn_out, cache, queries = self.attn(x_normed, cache, key_valid)
         h = x + attn_out
         read = None
         if self.memory is not None:
-            gated, read = self.memory.read(x_normed, memory)  # RMSNorm(x) is shared with self-attention
+            gated, read = self.memory.read(x_normed, memory_kv)  # RMSNorm(x) is shared with self-attention
             h = h + gated
         return h + self.mlp(self.mlp_norm(h)), cache, queries, read
 
@@ -106,12 +109,21 @@ class MemoryDecoder(nn.Module):
             memory = (self.rmt_initial.unsqueeze(0).expand(batch_size, -1, -1),)
         else:
             memory = ()
-        return DecoderState(0, (None,) * len(self.blocks), memory, (None,) * len(self.memory_layers), None)
+        return self._segment_start(memory)
+
+    def _segment_start(self, memory: tuple[Tensor, ...]) -> DecoderState:
+        """The state before a segment's first token: its memory, nothing cached or pending yet."""
+        n = len(self.memory_layers)
+        return DecoderState(0, (None,) * len(self.blocks), memory, (None,) * n, (None,) * n, None)
 
     def forward(
-        self, idx: Tensor, state: DecoderState | None = None, valid: Tensor | None = None, keep_aux: bool = False
+        self, idx: Tensor, state: DecoderState | None = None, valid: Tensor | None = None, keep_aux: bool = False,
+        last_only: bool = False,
     ) -> DecoderOutput:
-        """idx: B × T token ids continuing from `state` (a fresh sample when None); valid: B × T, False = padding."""
+        """idx: B × T token ids continuing from `state` (a fresh sample when None); valid: B × T, False = padding.
+
+        last_only: logits of the last position only (B × 1 × vocab), for consuming a context (see `consume`).
+        """
         B, T = idx.shape
         if T == 0:
             raise ValueError("forward needs at least one token")
@@ -124,7 +136,7 @@ class MemoryDecoder(nn.Module):
             attached = state.memory  # what the auxiliary losses read: their gradient is not truncated
             if start == 0:  # a new segment: truncate backpropagation through memory written too long ago
                 if bptt >= 0 and 0 < segment < n_segments - bptt:  # the memory the call starts from is kept as given
-                    state = replace(state, memory=tuple(m.detach() for m in state.memory))
+                    state = self._segment_start(tuple(m.detach() for m in state.memory))
                 segment += 1
             step_valid = None if valid is None else valid[:, a:b]
             if self.cfg.activation_checkpointing and torch.is_grad_enabled():
@@ -136,7 +148,8 @@ class MemoryDecoder(nn.Module):
             for name, value in gates.items():
                 gate_values.setdefault(name, []).append(value)
             aux.append(step_aux)
-        logits = self.lm_head(self.final_norm(torch.cat(hidden, dim=1)))
+        hidden = hidden[-1][:, -1:] if last_only else torch.cat(hidden, dim=1)
+        logits = self.lm_head(self.final_norm(hidden))
         gates = {name: torch.stack(values).mean() for name, values in gate_values.items()}
         return DecoderOutput(logits, state, gates, aux if keep_aux else None)
 
@@ -164,12 +177,13 @@ class MemoryDecoder(nn.Module):
             valid = None if valid is None else torch.cat((valid.new_ones(B, x.shape[1] - T), valid), dim=1)
         cached = 0 if state.caches[0] is None else state.caches[0][0].shape[2]
         key_valid = _concat_valid(state.valid, cached, valid, x.shape[1], B, idx.device)
-        caches, pending, gates, aux = list(state.caches), list(state.pending), {}, {}
+        caches, pending, memory_kv, gates, aux = list(state.caches), list(state.pending), list(state.memory_kv), {}, {}
         for i, block in enumerate(self.blocks):
             slot = self.memory_slot.get(i)
-            memory = None if slot is None else state.memory[slot]
+            if slot is not None and memory_kv[slot] is None:  # the segment's first read: project the slots, once
+                memory_kv[slot] = block.memory.read_keys_values(state.memory[slot])
             x_in = x
-            x, caches[i], queries, read = block(x, caches[i], key_valid, memory)
+            x, caches[i], queries, read = block(x, caches[i], key_valid, None if slot is None else memory_kv[slot])
             if read is not None:
                 pending[slot] = x if pending[slot] is None else torch.cat((pending[slot], x), dim=1)
                 gates[f"layer{i}/out"] = read.out_gate.detach().mean()
@@ -178,7 +192,7 @@ class MemoryDecoder(nn.Module):
             elif rmt_prefix and keep_aux:
                 aux[i] = _rmt_trace(block, x_in[:, K:], None if valid is None else valid[:, K:], queries[:, :, K:], caches[i], K)
         hidden = x[:, -T:]
-        state = DecoderState(state.pos + T, tuple(caches), state.memory, tuple(pending), key_valid)
+        state = DecoderState(state.pos + T, tuple(caches), state.memory, tuple(pending), tuple(memory_kv), key_valid)
         if self.window is not None and state.pos == self.window:
             state = self._finish_segment(state, gates)
         return hidden, state, gates, aux
@@ -204,18 +218,32 @@ class MemoryDecoder(nn.Module):
             # The raw residual stream, not final_norm(x): normed memory tokens (RMS 1 against embeddings' 0.02)
             # drown their own attention updates, and RMT stayed at chance (docs/design-notes.md).
             state = replace(state, memory=(x,))
-        return DecoderState(0, (None,) * len(self.blocks), state.memory, (None,) * len(self.memory_layers), None)
+        return self._segment_start(state.memory)
+
+    @torch.no_grad()
+    def consume(self, idx: Tensor, state: DecoderState | None = None, valid: Tensor | None = None) -> tuple[Tensor, DecoderState]:
+        """Feed a context of any length: (the last position's logits, B × vocab; the state after it).
+
+        One call per segment_len tokens, each keeping only its last logits, so the working memory is that of one
+        segment however long the context (for full attention, one segment's queries over the growing cache).
+        """
+        if idx.shape[1] == 0:
+            raise ValueError("consume needs at least one token")
+        L = self.cfg.segment_len
+        for a in range(0, idx.shape[1], L):
+            out = self(idx[:, a:a + L], state, None if valid is None else valid[:, a:a + L], last_only=True)
+            state = out.state
+        return out.logits[:, -1], state
 
     @torch.no_grad()
     def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  state: DecoderState | None = None, valid: Tensor | None = None):
-        """Yield (token ids B × 1, state) one at a time: the prompt is consumed once, then a token per step.
+        """Yield (token ids B × 1, state) one at a time: the prompt is consumed (`consume`), then a token per step.
 
         valid marks the prompt's padding (e.g. left padding in a batch); generated tokens are always real.
         """
-        out = self(idx, state, valid)
+        logits, state = self.consume(idx, state, valid)
         for _ in range(max_new_tokens):
-            logits = out.logits[:, -1, :]
             if temperature <= 0:
                 token = logits.argmax(dim=-1, keepdim=True)
             else:
@@ -224,8 +252,8 @@ class MemoryDecoder(nn.Module):
                     kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
                     logits = logits.masked_fill(logits < kth, float("-inf"))
                 token = torch.multinomial(torch.softmax(logits, dim=-1), 1)
-            out = self(token, out.state)
-            yield token, out.state
+            logits, state = self.consume(token, state)
+            yield token, state
 
 
 def _rmt_trace(block: Block, hidden: Tensor, valid: Tensor | None, queries: Tensor, cache: KVCache, K: int) -> MemoryTrace:

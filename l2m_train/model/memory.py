@@ -58,12 +58,14 @@ class CrossAttention(nn.Module):
         """key_mask: broadcastable to B × H × Tq × Ts, True = may attend."""
         return self.wo(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)))
 
-    def forward(self, queries: Tensor, source: Tensor, source_valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Returns (output B × Tq × d, per-head queries). source_valid: B × Ts, at least one True per row."""
+    def forward(self, queries: Tensor, source: KV, source_valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """source: the keys/values of the attended sequence (`keys_values`), so that a caller can keep them.
+
+        Returns (output B × Tq × d, per-head queries). source_valid: B × Ts, at least one True per row.
+        """
         q = split_heads(self.wq(queries), self.n_heads)
-        k, v = self.keys_values(source)
         mask = None if source_valid is None else source_valid[:, None, None, :]
-        return self.attend(q, k, v, mask), q
+        return self.attend(q, *source, mask), q
 
 
 class LM2Memory(nn.Module):
@@ -99,9 +101,18 @@ class LM2Memory(nn.Module):
     def initial_state(self, batch_size: int) -> Tensor:
         return self.initial.unsqueeze(0).expand(batch_size, -1, -1)
 
-    def read(self, x_normed: Tensor, memory: Tensor) -> tuple[Tensor, MemoryRead]:
-        """Gated read-out g_out ⊙ E_mem (B × T × d) to add to the residual stream after self-attention."""
-        readout, queries = self.read_attn(x_normed, self.norm(memory))
+    def read_keys_values(self, memory: Tensor) -> KV:
+        """k = RMSNorm(M) Wk and v = RMSNorm(M) Wv: they change only when the memory is written, so the decoder
+        computes them once per segment and keeps them in its state."""
+        return self.read_attn.keys_values(self.norm(memory))
+
+    def read(self, x_normed: Tensor, memory: Tensor | KV) -> tuple[Tensor, MemoryRead]:
+        """Gated read-out g_out ⊙ E_mem (B × T × d) to add to the residual stream after self-attention.
+
+        memory: the state M (B × N × d), or its `read_keys_values` when the caller keeps them.
+        """
+        memory_kv = self.read_keys_values(memory) if isinstance(memory, Tensor) else memory
+        readout, queries = self.read_attn(x_normed, memory_kv)
         out_gate = torch.sigmoid(self.out_gate(readout))
         return out_gate * readout, MemoryRead(queries, readout, out_gate)
 
@@ -111,7 +122,7 @@ class LM2Memory(nn.Module):
         memory: the state as the write produced it, before any BPTT truncation, so that the reconstruction
         loss trains every write, not only those inside the window.
         """
-        memory_kv = self.read_attn.keys_values(self.norm(memory))
+        memory_kv = self.read_keys_values(memory)
         tokens = self.read_attn.keys_values(self.norm(x))
         return MemoryTrace(x, valid, read.queries, memory_kv, tokens, read.readout, self.read_attn.attend)
 
@@ -125,7 +136,7 @@ class LM2Memory(nn.Module):
         if valid is not None:
             has_tokens = valid.any(dim=1)
             valid = valid | ~has_tokens[:, None]  # an all-padding row attends uniformly; its result is discarded below
-        update, _ = self.write_attn(self.norm(memory), self.write_norm(y), valid)
+        update, _ = self.write_attn(self.norm(memory), self.write_attn.keys_values(self.write_norm(y)), valid)
         in_gate, forget_gate = torch.sigmoid(self.gates_from_update(update) + self.gates_from_memory(memory)).chunk(2, -1)
         new_memory = in_gate * torch.tanh(update) + forget_gate * memory
         if has_tokens is not None:

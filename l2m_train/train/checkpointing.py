@@ -15,6 +15,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.trainer.states import TrainerFn
 
 from l2m_train.config import Config
 from l2m_train.io import publish_text
@@ -81,6 +82,14 @@ class Checkpointing(Checkpoint):
             if stop:
                 self.preempted = Preempted(self.signal or signal.SIGTERM, path)
                 trainer.should_stop = True
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        # A validation inside training ends early at a signal (every rank validates the same batches, so they agree
+        # batch by batch): Lightning's loop ends on StopIteration, and the step after it saves and stops. (Lightning
+        # also validates once more on stopping early; that one then ends before its first batch.)
+        if trainer.state.fn == TrainerFn.FITTING and trainer.strategy.reduce_boolean_decision(self.signal is not None, all=False):
+            raise StopIteration
 
     def save(self, trainer: L.Trainer) -> Path:
         final = self.dir / step_name(trainer.global_step)

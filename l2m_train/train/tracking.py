@@ -43,8 +43,9 @@ class Tracker:
         except Exception as err:  # wandb.errors.UsageError (no key), CommError (no server): W&B never stops training
             if self.mode != "online":
                 raise
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            print(f"l2m: W&B cannot log online ({reason}); logging offline instead", file=sys.stderr)
+            if not (self.cfg.wandb.mode == "auto" and type(err).__name__ == "UsageError"):  # auto without a key: offline, as said
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                print(f"l2m: W&B cannot log online ({reason}); logging offline instead", file=sys.stderr)
             self.mode = "offline"
             self.logger = self._logger("offline", config)
         print(f"l2m: W&B {self.mode} run {self.run_id} ({self.logger.experiment.dir.removesuffix('/files')})")
@@ -79,8 +80,10 @@ class Tracker:
         """Close the run (all records written); for an offline run, print the command that uploads it."""
         if self.logger is None:
             return
-        run = self.logger.experiment
-        run.finish(exit_code=exit_code)
+        import wandb
+
+        self.logger.experiment.finish(exit_code=exit_code)
+        wandb.teardown()  # waits until W&B's service has written every record: a preempted job's ranks exit next
         self.logger = None
         if self.mode == "offline":  # every start of this run wrote its own offline directory: upload them all
             print(f"l2m: W&B offline run {self.run_id}; upload it with: wandb sync {self.run_dir}/wandb/offline-run-*-{self.run_id}")
