@@ -1,0 +1,285 @@
+"""The BABILong results of record (issue 7, docs/RESULTS.md), as one command: build the data, train five kinds of one
+backbone on one token budget and curriculum, evaluate each on held-out stories at every length, and write a JSON
+record and a markdown table.
+
+    python benchmarks/babilong_results.py --preset cpu     # 2 CPU cores, ~27 min: proves the pipeline (near chance)
+    python benchmarks/babilong_results.py --preset gpu     # one GPU, bf16: the results of record
+    python benchmarks/babilong_results.py --preset gpu --long              # also 64k and 128k
+    python benchmarks/babilong_results.py --preset gpu train.max_tokens=400000000 --runs runs/bl-400m   # a bigger budget
+
+Every step is an `l2m` command, run as users run it, printed before it runs and recorded in the JSON. The kinds:
+segment-local and full-attention `none`, `rmt`, `lm2`, and `lm2` with both auxiliary losses (docs/aux-losses.md).
+Each output directory keeps a stamp of the command and inputs that made it, so a step already done is skipped and an
+interrupted run picks up where it stopped (a training run resumes from its checkpoint). A finished run made by another
+command or on other data is refused: pass another --runs.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from common import KINDS, machine
+
+from l2m_train.data_pipelines.babilong import parse_length
+from l2m_train.eval.report import length_label
+
+BABI = "../shared/data/babi/en-10k"  # train files only: evaluation takes the stories `--holdout` kept out of training
+TEXT = "../shared/data/text"
+STAMP = ".babilong_results"  # in each output directory: the key of the command and inputs that made it
+# LM2-1.7B, BABILong at 8k, as issue 7 quotes the LM2 paper (Kang et al. 2025, arXiv:2502.06049): another scale, budget
+# and training set (a pretrained 1.7B model fine-tuned on BABILong), shown beside ours for orientation only.
+PAPER = {"model": "LM2-1.7B (paper)", "length": 8192, "accuracy": {"qa1": 0.34, "qa2": 0.12, "qa3": 0.31, "qa4": 0.26, "qa5": 0.63}}
+
+
+@dataclass(frozen=True)
+class Preset:
+    config: str  # the experiment in conf/experiment/: model, curriculum, budget
+    vocab: int  # BPE vocabulary, trained on the books and the bAbI files
+    train_lengths: tuple[str, ...]  # sample lengths built for training
+    train_samples: int  # per task and length
+    val_samples: int  # per task and length, held-out stories (training's own end-of-run validation)
+    tasks: tuple[str, ...]
+    lengths: tuple[str, ...]  # evaluated
+    long: tuple[str, ...]  # evaluated too with --long
+    samples: int  # evaluated per task and length
+    batch_tokens: int  # padded positions per evaluation batch
+    full_max: int | None  # longest length full attention is evaluated at (its cost grows with the square); None: all
+    eval_threads: int | None  # OMP_NUM_THREADS for evaluation (training sets train.threads in its YAML)
+
+
+PRESETS = {
+    "cpu": Preset(config="babilong-results-cpu", vocab=1024, train_lengths=("0k", "256", "512", "1k"), train_samples=2000,
+                  val_samples=25, tasks=("qa1", "qa2"), lengths=("0k", "1k", "2k", "4k", "8k", "16k", "32k"), long=("64k", "128k"),
+                  samples=25, batch_tokens=65536, full_max=16384, eval_threads=1),
+    "gpu": Preset(config="babilong-results-gpu", vocab=8192, train_lengths=("0k", "1k", "2k", "4k"), train_samples=5000,
+                  val_samples=50, tasks=("qa1", "qa2", "qa4", "qa5"), lengths=("0k", "1k", "2k", "4k", "8k", "16k", "32k"),
+                  long=("64k", "128k"), samples=100, batch_tokens=262144, full_max=None, eval_threads=None),
+}
+FULL = "none-full"
+
+
+class Steps:
+    """Runs `l2m` commands, each unless its output directory holds the stamp of the same command on the same inputs."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env, self.log = env, []  # env: variables set for evaluation (shown in the commands)
+
+    def run(self, command: list[str], out: Path, upstream: str = "", env: bool = False, keep: bool = False) -> tuple[str, str | None]:
+        """(stamp, None) on success; (stamp, the last line on stderr) on failure. keep: refuse to redo an output that
+        another command made (a finished training run) instead of replacing it."""
+        extra = self.env if env else {}
+        shown = " ".join([*(f"{k}={v}" for k, v in extra.items()), shlex.join(command)])
+        stamp = hashlib.sha256(f"{shown}\n{upstream}".encode()).hexdigest()[:16]
+        old = out / STAMP
+        if old.is_file() and old.read_text() == stamp:
+            print(f"up to date: {shown}", flush=True)
+            self.log.append({"command": shown, "ran": False})
+            return stamp, None
+        if keep and old.is_file():
+            raise SystemExit(f"{out} was made by another command or from other data; remove it or pass another --runs")
+        print(f"$ {shown}", flush=True)
+        started = time.perf_counter()
+        proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=os.environ | extra)
+        last = ""
+        for line in proc.stderr:  # streamed through; the last line is the reason of a failure
+            sys.stderr.write(line)
+            last = line.strip() or last
+        code = proc.wait()
+        self.log.append({"command": shown, "ran": True, "seconds": round(time.perf_counter() - started, 1), "exit_code": code})
+        if code:
+            return stamp, last or f"exit code {code}"
+        old.write_text(stamp)
+        return stamp, None
+
+    def check(self, command: list[str], out: Path, upstream: str = "", **kw) -> str:
+        stamp, failed = self.run(command, out, upstream, **kw)
+        if failed:
+            raise SystemExit(f"failed: {shlex.join(command)}\n  {failed}")
+        return stamp
+
+
+def kind_overrides(kind: str, rec: float, ret: float) -> list[str]:
+    if kind == "lm2+aux":
+        return [*KINDS["lm2"], f"loss.reconstruction.weight={rec}", f"loss.retrieval.weight={ret}"]
+    return KINDS[kind]
+
+
+def eval_command(run: Path, lengths: list[int], args: argparse.Namespace, preset: Preset, tasks: list[str], out: Path) -> list[str]:
+    return ["l2m", "eval", "babilong", str(run), "--babi-dir", BABI, "--babi-split", "train", "--holdout", str(args.holdout),
+            "--tasks", *tasks, "--haystack", TEXT, "--lengths", *map(length_label, lengths),
+            "--samples", str(args.samples or preset.samples), "--batch-tokens", str(preset.batch_tokens), "--out", str(out)]
+
+
+def read_rows(path: Path) -> dict:
+    """task -> length label -> correct, samples, accuracy, from an `l2m eval babilong` JSON."""
+    cells: dict = {}
+    for task, length, correct, samples, accuracy in json.loads(path.read_text())["rows"]:
+        cells.setdefault(task, {})[length_label(length)] = {"correct": correct, "samples": samples, "accuracy": accuracy}
+    return cells
+
+
+def evaluate(steps: Steps, kind: str, run: Path, stamp: str, lengths: list[int], args: argparse.Namespace, preset: Preset,
+             tasks: list[str]) -> tuple[dict, dict]:
+    """(accuracy cells, {length label: why not run}). Full attention runs one length at a time, shortest first, so
+    that a length it cannot run (time, memory) costs only that length and the longer ones."""
+    if kind != FULL:
+        out = run / "eval-babilong"
+        steps.check(eval_command(run, lengths, args, preset, tasks, out), out, stamp, env=True)
+        return read_rows(out / "babilong.json"), {}
+    cells: dict = {}
+    not_run: dict[str, str] = {}
+    failed = None
+    for length in lengths:
+        label = length_label(length)
+        if failed:
+            not_run[label] = f"not run: failed at {failed}"
+        elif preset.full_max is not None and length > preset.full_max:
+            not_run[label] = (f"not run: full attention is evaluated up to {length_label(preset.full_max)} in the "
+                              f"{args.preset} profile (its cost grows with the square of the length)")
+        else:
+            out = run / "eval-babilong" / label
+            _, reason = steps.run(eval_command(run, [length], args, preset, tasks, out), out, stamp, env=True)
+            if reason:
+                failed, not_run[label] = label, f"failed: {reason}"
+            else:
+                for task, by_length in read_rows(out / "babilong.json").items():
+                    cells.setdefault(task, {}).update(by_length)
+    return cells, not_run
+
+
+def chance(tasks: list[str]) -> dict[str, dict]:
+    """Per task: 1 / the number of distinct answers, and the share of the most frequent one (all its bAbI stories)."""
+    levels = {}
+    for task in tasks:
+        path = next(Path(BABI).glob(f"{task}_*_train.txt"))
+        answers = Counter(line.split("\t")[1] for line in path.read_text().splitlines() if "\t" in line)
+        levels[task] = {"answers": len(answers), "uniform": 1 / len(answers), "majority": max(answers.values()) / sum(answers.values())}
+    return levels
+
+
+def pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.0f}%"
+
+
+def markdown(record: dict) -> str:
+    """Per task and averaged over the tasks: kinds down, lengths across; "—" where a kind was not run, with why."""
+    labels, tasks = record["lengths"], record["tasks"]
+    paper_label = length_label(PAPER["length"])
+    lines = [f"Machine: {record['machine']}; torch {record['torch']}; {record['date']}.", f"Command: `{record['command']}`", ""]
+    lines += ["| kind | params | tokens | train time | val exact (end of training) |", "|---|---|---|---|---|"]
+    for kind, r in record["kinds"].items():
+        t = r["train"]
+        lines.append(f"| {kind} | {t['params'] / 1e6:.2f}M | {t['tokens']:,} | {t['seconds']:.0f} s | {pct(t['val_exact'])} |")
+    notes: dict[str, str] = {}
+
+    def row(name: str, values: dict) -> str:
+        cells = []
+        for label in labels:
+            value = values.get(label)
+            if isinstance(value, str):  # a reason: not run
+                mark = notes.setdefault(value, "†" * (len(notes) + 1))
+                cells.append(f"—{mark}")
+            else:
+                cells.append(pct(value))
+        return f"| {name} | " + " | ".join(cells) + " |"
+
+    def table(title: str, value) -> None:
+        lines.extend(["", f"**{title}**", "", "| kind | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"])
+        for kind, r in record["kinds"].items():
+            lines.append(row(kind, {label: r["not_run"].get(label) or value(r, label) for label in labels}))
+
+    for task in tasks:
+        c = record["chance"][task]
+        table(f"{task}: exact answers, {record['samples']} held-out samples per length (chance: 1/{c['answers']} = "
+              f"{pct(c['uniform'])}; always the most frequent answer: {pct(c['majority'])})",
+              lambda r, label, task=task: r["accuracy"].get(task, {}).get(label, {}).get("accuracy"))
+        if task in PAPER["accuracy"] and paper_label in labels:
+            lines.append(row(PAPER["model"], {paper_label: PAPER["accuracy"][task]}))
+
+    def mean(r: dict, label: str) -> float | None:
+        values = [r["accuracy"].get(t, {}).get(label, {}).get("accuracy") for t in tasks]
+        return None if None in values else sum(values) / len(values)
+
+    table(f"average over {', '.join(tasks)}", mean)
+    if paper_label in labels and all(t in PAPER["accuracy"] for t in tasks):
+        lines.append(row(f"{PAPER['model']}, same tasks", {paper_label: sum(PAPER["accuracy"][t] for t in tasks) / len(tasks)}))
+    if notes:
+        lines.append("")
+        lines += [f"{mark} {reason}" for reason, mark in notes.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=PRESETS, default="cpu", help="cpu: a tiny model, ~40 min on 2 cores; gpu: "
+                        "~28-35M parameters, segments of 512, bf16 (default: cpu)")
+    parser.add_argument("--tasks", nargs="+", metavar="qaN", help="bAbI tasks (default: cpu qa1 qa2; gpu qa1 qa2 qa4 qa5; "
+                        f"{BABI} has no qa3)")
+    parser.add_argument("--lengths", nargs="+", metavar="LEN", help="evaluated lengths (default: 0k 1k 2k 4k 8k 16k 32k)")
+    parser.add_argument("--long", action="store_true", help="also evaluate at 64k and 128k")
+    parser.add_argument("--samples", type=int, help="evaluated samples per task and length (default: cpu 25, gpu 100)")
+    parser.add_argument("--kinds", nargs="+", choices=[*KINDS, "lm2+aux"], default=[*KINDS, "lm2+aux"])
+    parser.add_argument("--rec", type=float, default=5.0, help="lm2+aux: loss.reconstruction.weight (default 5)")
+    parser.add_argument("--ret", type=float, default=0.1, help="lm2+aux: loss.retrieval.weight (default 0.1)")
+    parser.add_argument("--holdout", type=float, default=0.1, help="fraction of each task's stories kept out of training "
+                        "and evaluated on (default 0.1)")
+    parser.add_argument("--data", help="tokenizer and samples go here (default: data/babilong-results-PRESET)")
+    parser.add_argument("--runs", help="one run directory per kind here (default: runs/babilong-results-PRESET)")
+    parser.add_argument("--out", help="the JSON record (default: benchmarks/out/babilong_results-PRESET.json)")
+    parser.add_argument("--markdown", help="also write the tables here (they are printed anyway)")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every training run, e.g. "
+                        "train.max_tokens=400000000 (after `--` when they follow --tasks, --lengths or --kinds)")
+    args = parser.parse_args()
+    preset = PRESETS[args.preset]
+    if args.preset == "gpu" and not torch.cuda.is_available():
+        raise SystemExit("--preset gpu: no CUDA device is visible")
+    tasks = args.tasks or list(preset.tasks)
+    lengths = sorted({parse_length(x) for x in args.lengths or [*preset.lengths, *(preset.long if args.long else ())]})
+    data = Path(args.data or f"data/babilong-results-{args.preset}")
+    runs = Path(args.runs or f"runs/babilong-results-{args.preset}")
+    out = Path(args.out or f"benchmarks/out/babilong_results-{args.preset}.json")
+    steps = Steps({"OMP_NUM_THREADS": str(preset.eval_threads)} if preset.eval_threads else {})
+    started = time.perf_counter()
+
+    tok, samples = data / "tok", data / "babilong"
+    stamp = steps.check(["l2m", "data", "tokenizer", "--input", TEXT, BABI, "--vocab-size", str(preset.vocab), "--out", str(tok)], tok)
+    stamp = steps.check(["l2m", "data", "babilong", "--babi-dir", BABI, "--tasks", *tasks, "--haystack", TEXT, "--lengths",
+                         *preset.train_lengths, "--samples", str(preset.train_samples), "--val-samples", str(preset.val_samples),
+                         "--holdout", str(args.holdout), "--tokenizer", str(tok), "--out", str(samples)], samples, stamp)
+    kinds = {}
+    for kind in args.kinds:
+        run = runs / kind.replace("+", "-")
+        train = ["l2m", "train", "--config", preset.config, *kind_overrides(kind, args.rec, args.ret), f"data.qa.path={samples}",
+                 f"run.root={runs}", f"run.name={run.name}", *args.overrides]
+        trained = steps.check(train, run, stamp, keep=True)
+        cells, not_run = evaluate(steps, kind, run, trained, lengths, args, preset, tasks)
+        kinds[kind] = {"run": str(run), "train": json.loads((run / "result.json").read_text()), "accuracy": cells, "not_run": not_run}
+
+    record = {"machine": machine(torch.device("cuda" if torch.cuda.is_available() else "cpu")), "torch": torch.__version__,
+              "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "command": shlex.join(["python", *sys.argv]), "preset": args.preset, "tasks": tasks,
+              "lengths": [length_label(n) for n in lengths], "samples": args.samples or preset.samples, "holdout": args.holdout,
+              "wall_seconds": round(time.perf_counter() - started), "steps": steps.log, "chance": chance(tasks),
+              "paper": PAPER, "kinds": kinds}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    table = markdown(record)
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table)
+    print(f"wrote {out}" + (f" and {args.markdown}" if args.markdown else ""))
+
+
+if __name__ == "__main__":
+    main()
