@@ -71,10 +71,11 @@ def test_a_job_signalled_twice_requeues_itself_and_ends_as_if_never_stopped(slur
         wait(lambda: slurm_cluster.job(job)["JobState"] == "RUNNING" and newest_step(run_dir) > max(stopped_at, default=0),
              f"start {restart} training")
         subprocess.run(["scancel", "--signal=USR1", job], env=slurm_cluster.env, check=True, timeout=30)  # as at a time limit
-        # Requeued: SLURM holds a requeued job ~2 min (its begin time); release it once the node is idle (a job
-        # started while its last run still completes fails with "Job credential revoked").
+        # Requeued: SLURM holds a requeued job ~2 min (its begin time); release it sooner. slurmd revokes the last
+        # run's credential with one-second resolution: a start within that second fails ("Job credential revoked").
         wait(lambda: (j := slurm_cluster.job(job))["JobState"] == "PENDING" and j["Restarts"] == str(restart + 1)
-             and j["Reason"] == "BeginTime" and "State=IDLE" in slurm_cluster.scontrol("show", "node"), f"requeue {restart}")
+             and j["Reason"] == "BeginTime", f"requeue {restart}")
+        time.sleep(2)
         stopped_at.append(newest_step(run_dir))
         slurm_cluster.scontrol("update", f"JobId={job}", "StartTime=now")
     done = slurm_cluster.wait_for_job(job, timeout=300)

@@ -166,6 +166,7 @@ def test_ranks_under_srun_get_slurm_without_lightnings_auto_requeue(monkeypatch)
 
 FIT_UNDER_SRUN = """
 import lightning as L
+import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 from l2m_train.slurm.environment import cluster_plugins
 trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", plugins=cluster_plugins(), max_steps=1, logger=False,
@@ -173,6 +174,7 @@ trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", plugins=cluste
 trainer.fit(BoringModel())
 environment = trainer._accelerator_connector.cluster_environment
 print("world", trainer.world_size, "rank", trainer.global_rank, "auto_requeue", environment.auto_requeue)
+torch.distributed.destroy_process_group()  # as `l2m train` does: left to exit, gloo may abort the process
 """
 
 

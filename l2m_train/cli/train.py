@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
         print(to_yaml(cfg), end="")
         return 0
     # Lightning loads in seconds: only a verb that trains pays for it.
+    import torch
     from lightning.pytorch.utilities import rank_zero_only
 
     from l2m_train.cli.summary import print_summary
@@ -53,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     except Preempted as stop:
         print(f"l2m train: {stop}", file=sys.stderr)
         return 128 + stop.signum  # the shell's convention for a process ended by a signal
+    finally:  # a gloo process group left to interpreter exit can abort the process ("terminate called …")
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     if rank_zero_only.rank == 0:  # every launched rank runs this command
         print_summary(results, cfg, runs[0].data.sources[0].example())
     return 0
