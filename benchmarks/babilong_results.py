@@ -37,8 +37,8 @@ from l2m_train.eval.report import length_label
 BABI = "../shared/data/babi/en-10k"  # train files only: evaluation takes the stories `--holdout` kept out of training
 TEXT = "../shared/data/text"
 STAMP = ".babilong_results"  # in each output directory: the key of the command and inputs that made it
-# LM2-1.7B, BABILong at 8k, as issue 7 quotes the LM2 paper (Kang et al. 2025, arXiv:2502.06049): another scale, budget
-# and training set (a pretrained 1.7B model fine-tuned on BABILong), shown beside ours for orientation only.
+# LM2-1.7B, BABILong at 8k, as issue 7 quotes the LM2 paper (arXiv:2502.06049; not re-checked here): another scale,
+# budget and training data, shown beside ours for orientation only.
 PAPER = {"model": "LM2-1.7B (paper)", "length": 8192, "accuracy": {"qa1": 0.34, "qa2": 0.12, "qa3": 0.31, "qa4": 0.26, "qa5": 0.63}}
 
 

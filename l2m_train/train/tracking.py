@@ -38,12 +38,14 @@ class Tracker:
         """Create (or continue) the W&B run; returns its WandbLogger, or None when tracking is disabled."""
         if self.mode == "disabled":
             return None
+        from wandb.errors import UsageError
+
         try:
             self.logger = self._logger(self.mode, config)
-        except Exception as err:  # wandb.errors.UsageError (no key), CommError (no server): W&B never stops training
+        except Exception as err:  # UsageError (no key), CommError (no server), …: W&B never stops training
             if self.mode != "online":
                 raise
-            if not (self.cfg.wandb.mode == "auto" and type(err).__name__ == "UsageError"):  # auto without a key: offline, as said
+            if not (self.cfg.wandb.mode == "auto" and isinstance(err, UsageError)):  # auto without a key: offline, as said
                 reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 print(f"l2m: W&B cannot log online ({reason}); logging offline instead", file=sys.stderr)
             self.mode = "offline"
@@ -90,7 +92,7 @@ class Tracker:
 
 
 def _read(path: Path) -> str | None:
-    return path.read_text().strip() or None if path.is_file() else None
+    return (path.read_text().strip() or None) if path.is_file() else None
 
 
 def _new_id() -> str:
