@@ -44,7 +44,8 @@ def cpu_model() -> str:
         return platform.machine()
 
 
-def add_device_arguments(parser: argparse.ArgumentParser, json_name: str) -> None:
+def add_benchmark_arguments(parser: argparse.ArgumentParser, json_name: str) -> None:
+    """What every worker-based benchmark takes: device, threads, peak, output, the worker switch and config overrides."""
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="cpu: fp32, peak memory = the process's peak RSS; cuda: bf16 autocast, peak memory = "
                              "torch.cuda.max_memory_allocated (default: cpu)")
@@ -53,6 +54,8 @@ def add_device_arguments(parser: argparse.ArgumentParser, json_name: str) -> Non
     parser.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for MFU (default: Lightning's table for "
                                                            "the GPU in bf16; none on CPU, so MFU is n/a)")
     parser.add_argument("--json", default=f"benchmarks/out/{json_name}", help="where to write the results (default: %(default)s)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # set by start_workers for the child processes
+    parser.add_argument("overrides", nargs="*", help="config overrides on top of the benchmark's defaults")
 
 
 def setup(device: str, threads: int) -> torch.device:

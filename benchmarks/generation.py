@@ -24,7 +24,7 @@ import time
 import torch
 from common import (
     KINDS,
-    add_device_arguments,
+    add_benchmark_arguments,
     autocast,
     build,
     fmt,
@@ -99,9 +99,7 @@ def main() -> None:
     parser.add_argument("--max-context", type=int, default=16384, help="longest context, tokens; lengths double (default: 16384)")
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens generated at each context length (default: 128)")
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS), help="models (default: all four)")
-    add_device_arguments(parser, "generation.json")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("overrides", nargs="*", help="config overrides on top of the benchmark's defaults")
+    add_benchmark_arguments(parser, "generation.json")
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args)

@@ -17,12 +17,11 @@ import argparse
 import statistics
 import sys
 import time
-from dataclasses import replace
 
 import torch
 from common import (
     KINDS,
-    add_device_arguments,
+    add_benchmark_arguments,
     autocast,
     build,
     fmt,
@@ -60,9 +59,7 @@ def windowed_step(model: MemoryDecoder, opt: Optimizer, tokens: torch.Tensor, cf
             out = model(tokens[:, a:b], state)
             loss = lm_loss(out.logits, tokens[:, a + 1:b + 1], cfg.model.segment_len).loss * (b - a) / T
         loss.backward()
-        s = out.state
-        state = replace(s, caches=tuple(None if c is None else (c[0].detach(), c[1].detach()) for c in s.caches),
-                        memory=tuple(m.detach() for m in s.memory), pending=tuple(p if p is None else p.detach() for p in s.pending))
+        state = out.state.detach()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
     opt.step()
 
@@ -110,9 +107,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model and length first (default: 1)")
     parser.add_argument("--windowed", action="store_true", help="backward per BPTT window instead of per sample")
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS), help="models (default: all four)")
-    add_device_arguments(parser, "length_scaling.json")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("overrides", nargs="*", help="config overrides on top of the benchmark's defaults")
+    add_benchmark_arguments(parser, "length_scaling.json")
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args)

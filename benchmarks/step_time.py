@@ -21,7 +21,7 @@ import time
 import torch
 from common import (
     KINDS,
-    add_device_arguments,
+    add_benchmark_arguments,
     build,
     fmt,
     peak_flops,
@@ -72,9 +72,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps per model per round (default: 3)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model first (default: 2)")
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS), help="models (default: all four)")
-    add_device_arguments(parser, "step_time.json")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("overrides", nargs="*", help="config overrides on top of the benchmark's defaults")
+    add_benchmark_arguments(parser, "step_time.json")
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args)

@@ -82,3 +82,12 @@ def test_every_read_trains_the_read_key_value_maps_under_any_bptt_window(bptt):
     logits[:, 24:].square().mean().backward()  # the last segment only: its reads see memory detached when bptt = 0
     for memory in _memory_blocks(model):
         assert memory.read_attn.wk.weight.grad.abs().sum() > 0 and memory.read_attn.wv.weight.grad.abs().sum() > 0
+
+
+def test_a_detached_state_keeps_every_value_and_no_graph():
+    model = tiny_model("lm2").train()
+    state = model(torch.randint(0, 64, (2, 12))).state  # mid-segment: caches, pending outputs and memory keys/values
+    cut = state.detach()
+    assert all(t.requires_grad for t in state.tensors()) and not any(t.requires_grad for t in cut.tensors())
+    assert len(cut.tensors()) == len(state.tensors()) and all(torch.equal(a, b) for a, b in zip(cut.tensors(), state.tensors()))
+    assert (cut.pos, cut.valid) == (state.pos, state.valid)

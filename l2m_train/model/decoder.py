@@ -35,6 +35,13 @@ class DecoderState:
         kv = [t for c in self.caches + self.memory_kv if c is not None for t in c]
         return kv + list(self.memory) + [p for p in self.pending if p is not None]
 
+    def detach(self) -> DecoderState:
+        """The same state, cut from the graph that computed it: the next call's backward stops here."""
+        def cut(x):
+            return None if x is None else tuple(cut(t) for t in x) if isinstance(x, tuple) else x.detach()
+
+        return DecoderState(self.pos, cut(self.caches), cut(self.memory), cut(self.pending), cut(self.memory_kv), self.valid)
+
 
 @dataclass
 class DecoderOutput:
