@@ -24,8 +24,8 @@ from torch.optim import Optimizer
 
 from l2m_train.config import Config, load_config
 from l2m_train.model import MemoryDecoder
-from l2m_train.train.losses import lm_loss
 from l2m_train.train.optim import adamw
+from l2m_train.train.segment_backward import lm_forward
 
 # The four models of issue 7, one backbone: (name, config overrides).
 KINDS = {
@@ -115,10 +115,11 @@ def build(overrides: list[str], device: torch.device, optimizer: bool = True) ->
 
 
 def train_step(model: MemoryDecoder, opt: Optimizer, tokens: torch.Tensor, cfg: Config, device: torch.device) -> None:
-    """One optimizer step as LM2Module takes it: next-token loss over the whole sample, backward, clipping, AdamW.
+    """One optimizer step as LM2Module takes it: next-token loss over the whole sample, with the backward of each segment
+    the BPTT window cuts off taken as soon as it is computed (train/segment_backward.py), clipping, AdamW.
     tokens: B × (T + 1)."""
     with autocast(device):
-        loss = lm_loss(model(tokens[:, :-1]).logits, tokens[:, 1:], cfg.model.segment_len).loss
+        loss = lm_forward(model, tokens[:, :-1], tokens[:, 1:], release=list(model.parameters())).loss
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)

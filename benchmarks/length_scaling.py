@@ -1,15 +1,14 @@
 """Sample length scaling: training tokens/s and peak memory of `none` (segment-local and full attention), `rmt`
 and `lm2` as one sample grows from 1k to 128k tokens (powers of 2) at a fixed BPTT window.
 
-A step is what `l2m train` does: the whole sample forward, the loss over every token, one backward, AdamW. With
---windowed it is truncated BPTT instead: forward and backward per window of `model.memory.bptt_segments`
-segments, the state detached between windows (what a windowed trainer would do; `l2m train` does not).
+A step is what `l2m train` does: the whole sample forward with the loss over every token, the backward of each
+segment that the BPTT window (`model.memory.bptt_segments`) cuts off taken as soon as it is computed and the rest
+at the end (so activations are kept for one window), clipping, AdamW.
 Each model runs in its own worker process, lengths in increasing order; a model that runs out of memory
 (CUDA OOM, or its worker killed) is recorded as OOM and not grown further. Not a test.
 
     python benchmarks/length_scaling.py                              # CPU: tiny model, 1k..16k tokens, batch 1
     python benchmarks/length_scaling.py --device cuda --max-len 131072
-    python benchmarks/length_scaling.py --windowed --max-len 8192
 """
 from __future__ import annotations
 
@@ -22,7 +21,6 @@ import torch
 from common import (
     KINDS,
     add_benchmark_arguments,
-    autocast,
     build,
     fmt,
     is_oom,
@@ -37,48 +35,25 @@ from common import (
     train_step,
     write_json,
 )
-from torch.optim import Optimizer
-
-from l2m_train.config import Config
-from l2m_train.model import MemoryDecoder
-from l2m_train.train.losses import lm_loss
 
 DEFAULTS = {"cpu": ["model=tiny", "model.segment_len=128", "model.memory.slots=16", "model.memory.bptt_segments=4"],
             "cuda": ["model=small", "model.memory.bptt_segments=4"]}
 
 
-def windowed_step(model: MemoryDecoder, opt: Optimizer, tokens: torch.Tensor, cfg: Config, device: torch.device) -> None:
-    """Truncated BPTT: forward and backward per window of bptt_segments segments (-1: the whole sample), the carried
-    state detached between windows."""
-    T, k, state = tokens.shape[1] - 1, cfg.model.memory.bptt_segments, None
-    window = T if k < 0 else cfg.model.segment_len * max(1, k)
-    opt.zero_grad(set_to_none=True)
-    for a in range(0, T, window):
-        b = min(T, a + window)
-        with autocast(device):
-            out = model(tokens[:, a:b], state)
-            loss = lm_loss(out.logits, tokens[:, a + 1:b + 1], cfg.model.segment_len).loss * (b - a) / T
-        loss.backward()
-        state = out.state.detach()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-    opt.step()
-
-
 def worker(name: str, args: argparse.Namespace) -> None:
     device = setup(args.device, args.threads)
     cfg, model, opt = build(DEFAULTS[args.device] + KINDS[name] + args.overrides, device)
-    step = windowed_step if args.windowed else train_step
 
     def measure(T: int, warmup: bool) -> float:
         """Seconds of one step on a sample of T tokens, after the warm-up steps if asked."""
         tokens = torch.randint(0, cfg.model.vocab_size, (args.batch, T + 1), device=device)
         if warmup:
             for _ in range(args.warmup):
-                step(model, opt, tokens, cfg, device)
+                train_step(model, opt, tokens, cfg, device)
             reset_peak_memory(device)
         sync(device)
         start = time.perf_counter()
-        step(model, opt, tokens, cfg, device)
+        train_step(model, opt, tokens, cfg, device)
         sync(device)
         return time.perf_counter() - start
 
@@ -102,10 +77,9 @@ def main() -> None:
     parser.add_argument("--min-len", type=int, default=1024, help="shortest sample, tokens (default: 1024)")
     parser.add_argument("--max-len", type=int, default=16384, help="longest sample, tokens; lengths double (default: 16384)")
     parser.add_argument("--batch", type=int, default=1, help="samples per step (default: 1)")
-    parser.add_argument("--steps", type=int, default=3,
-                        help="timed steps per model and length, the models taking turns; tokens/s from the median (default: 3)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model and length first (default: 1)")
-    parser.add_argument("--windowed", action="store_true", help="backward per BPTT window instead of per sample")
+    parser.add_argument("--steps", type=int, default=5,
+                        help="timed steps per model and length, the models taking turns; tokens/s from the median (default: 5)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model and length first (default: 2)")
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS), help="models (default: all four)")
     add_benchmark_arguments(parser, "length_scaling.json")
     args = parser.parse_args()
@@ -113,7 +87,7 @@ def main() -> None:
         return worker(args.worker, args)
     device = setup(args.device, 1)
     passed = [f"--{k}={getattr(args, k)}" for k in ("device", "threads", "batch", "steps", "warmup")]
-    passed += ["--windowed"] * args.windowed + args.overrides
+    passed += args.overrides
     lengths = [args.min_len * 2**i for i in range((args.max_len // args.min_len).bit_length())]
     workers = start_workers(__file__, args.kinds, passed)
     results: dict[str, dict[int, dict]] = {name: {} for name in args.kinds}
@@ -142,13 +116,12 @@ def main() -> None:
         return "" if r is None else "OOM" if r.get("oom") else fmt(r[key])
 
     overrides = DEFAULTS[args.device] + args.overrides
-    mode = "backward per BPTT window" if args.windowed else "whole-sample backward, as l2m train"
     columns = ["tokens"] + [f"{name} tok/s" for name in args.kinds] + [f"{name} peak MB" for name in args.kinds]
-    print_table(f"Sample length scaling, {args.device}, {mode} ({' '.join(overrides)})", columns,
+    print_table(f"Sample length scaling, {args.device} ({' '.join(overrides)})", columns,
                 [[f"{T:,}"] + [cell(n, T, "tokens_per_s") for n in args.kinds] + [cell(n, T, "peak_mb") for n in args.kinds]
                  for T in lengths],
                 caption=f"batch {args.batch}; tokens/s from the median of {args.steps} steps after {args.warmup} per length")
-    write_json(args.json, device, args, {"overrides": overrides, "windowed": args.windowed, "batch": args.batch,
+    write_json(args.json, device, args, {"overrides": overrides, "batch": args.batch,
                                          "results": {name: {str(T): r for T, r in rs.items()} for name, rs in results.items()}})
 
 

@@ -7,6 +7,7 @@ lm2's read keys/values of the memory are projected on a segment's first read and
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -49,6 +50,19 @@ class DecoderOutput:
     state: DecoderState
     gates: dict[str, Tensor]  # mean gate values per memory layer ("layer0/in", ...), detached
     aux: list[dict[int, MemoryTrace]] | None  # per step, per layer that reads memory (rmt: every block); when asked for
+
+
+@dataclass
+class Piece:
+    """What `MemoryDecoder.pieces` yields: the result of one stretch of the input that lies inside one segment."""
+
+    start: int  # its first and one-past-last positions in the call's input
+    end: int
+    hidden: Tensor  # B × (end − start) × d: block outputs before the final norm (`logits` makes logits of them)
+    state: DecoderState  # after it
+    gates: dict[str, Tensor]  # gate means of its memory layers, detached
+    aux: dict[int, MemoryTrace]  # per layer that reads memory, when asked for
+    cut: bool  # the next piece starts from detached memory: no later piece's graph reaches this one's
 
 
 class Block(nn.Module):
@@ -131,18 +145,39 @@ class MemoryDecoder(nn.Module):
 
         last_only: logits of the last position only (B × 1 × vocab), for consuming a context (see `consume`).
         """
+        pieces = list(self.pieces(idx, state, valid, keep_aux))
+        hidden = pieces[-1].hidden[:, -1:] if last_only else torch.cat([p.hidden for p in pieces], dim=1)
+        gates = mean_gates([p.gates for p in pieces])
+        return DecoderOutput(self.logits(hidden), pieces[-1].state, gates, [p.aux for p in pieces] if keep_aux else None)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """The final norm and the LM head over block outputs B × t × d."""
+        return self.lm_head(self.final_norm(hidden))
+
+    def pieces(
+        self, idx: Tensor, state: DecoderState | None = None, valid: Tensor | None = None, keep_aux: bool = False
+    ) -> Iterator[Piece]:
+        """Run idx (as `forward`) one piece at a time, a piece being the tokens of one segment, yielding each when done.
+
+        Backpropagation through memory is truncated here (`memory.bptt_segments`): each piece says whether the
+        next one starts from detached memory, so a caller may run a piece's backward before the next one is computed.
+        """
         B, T = idx.shape
         if T == 0:
             raise ValueError("forward needs at least one token")
         valid = None if valid is None else valid.bool()
         state = state or self.initial_state(B)
-        pieces = self._pieces(state.pos, T)
-        bptt, n_segments = self.cfg.memory.bptt_segments, sum(1 for start, _ in pieces if start == 0)
-        hidden, gate_values, aux, segment = [], {}, [], 0
-        for start, (a, b) in pieces:
+        spans = self._spans(state.pos, T)
+        bptt, n_segments = self.cfg.memory.bptt_segments, sum(1 for start, _ in spans if start == 0)
+        segment = 0  # segments started in this call so far
+
+        def truncated(s: int) -> bool:  # is segment s of this call to start from detached memory?
+            return bptt >= 0 and 0 < s < n_segments - bptt
+
+        for i, (start, (a, b)) in enumerate(spans):
             attached = state.memory  # what the auxiliary losses read: their gradient is not truncated
             if start == 0:  # a new segment: truncate backpropagation through memory written too long ago
-                if bptt >= 0 and 0 < segment < n_segments - bptt:  # the memory the call starts from is kept as given
+                if truncated(segment):  # the memory the call starts from is kept as given
                     state = self._segment_start(tuple(m.detach() for m in state.memory))
                 segment += 1
             step_valid = None if valid is None else valid[:, a:b]
@@ -150,26 +185,21 @@ class MemoryDecoder(nn.Module):
                 out = checkpoint(self._step, idx[:, a:b], state, step_valid, keep_aux, attached, use_reentrant=False)
             else:
                 out = self._step(idx[:, a:b], state, step_valid, keep_aux, attached)
-            h, state, gates, step_aux = out
-            hidden.append(h)
-            for name, value in gates.items():
-                gate_values.setdefault(name, []).append(value)
-            aux.append(step_aux)
-        hidden = hidden[-1][:, -1:] if last_only else torch.cat(hidden, dim=1)
-        logits = self.lm_head(self.final_norm(hidden))
-        gates = {name: torch.stack(values).mean() for name, values in gate_values.items()}
-        return DecoderOutput(logits, state, gates, aux if keep_aux else None)
+            hidden, state, gates, aux = out
+            # Segments without memory (kind none, local attention) never reach each other; the others through memory.
+            cut = i + 1 < len(spans) and spans[i + 1][0] == 0 and (not state.memory or truncated(segment))
+            yield Piece(a, b, hidden, state, gates, aux, cut)
 
-    def _pieces(self, pos: int, T: int) -> list[tuple[int, tuple[int, int]]]:
+    def _spans(self, pos: int, T: int) -> list[tuple[int, tuple[int, int]]]:
         """Cut T tokens, starting `pos` tokens into a segment, at segment boundaries: (pos at start, (a, b))."""
         if self.window is None:
             return [(pos, (0, T))]
-        pieces, a = [], 0
+        spans, a = [], 0
         while a < T:
             b = min(T, a + self.window - pos)
-            pieces.append((pos, (a, b)))
+            spans.append((pos, (a, b)))
             pos, a = (pos + b - a) % self.window, b
-        return pieces
+        return spans
 
     def _step(
         self, idx: Tensor, state: DecoderState, valid: Tensor | None, keep_aux: bool, attached: tuple[Tensor, ...]
@@ -261,6 +291,12 @@ class MemoryDecoder(nn.Module):
                 token = torch.multinomial(torch.softmax(logits, dim=-1), 1)
             logits, state = self.consume(token, state)
             yield token, state
+
+
+def mean_gates(gates: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Each gate's mean over the pieces that have it (a memory is written only where a segment ends)."""
+    names = dict.fromkeys(name for piece in gates for name in piece)
+    return {name: torch.stack([piece[name] for piece in gates if name in piece]).mean() for name in names}
 
 
 def _rmt_trace(block: Block, hidden: Tensor, valid: Tensor | None, queries: Tensor, cache: KVCache, K: int) -> MemoryTrace:

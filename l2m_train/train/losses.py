@@ -23,17 +23,27 @@ class LMLoss:
 
 def lm_loss(logits: Tensor, labels: Tensor, segment_len: int) -> LMLoss:
     """logits B × T × V, labels B × T with IGNORE where there is no loss."""
+    return lm_stats(*token_losses(logits, labels), labels, segment_len)
+
+
+def token_losses(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Per position, B × T: the cross-entropy (0 where unsupervised) and whether the argmax is the label."""
     B, T, V = logits.shape
     token_loss = F.cross_entropy(logits.reshape(-1, V).float(), labels.reshape(-1), ignore_index=IGNORE, reduction="none")
-    token_loss = token_loss.view(B, T)
+    return token_loss.view(B, T), logits.argmax(-1) == labels
+
+
+def lm_stats(token_loss: Tensor, right: Tensor, labels: Tensor, segment_len: int) -> LMLoss:
+    """The loss and its statistics from `token_losses` over whole samples (B × T)."""
+    T = labels.shape[1]
     supervised = labels != IGNORE
     count = supervised.sum()
     loss = token_loss.sum() / count.clamp(min=1)
     segment_of = torch.arange(T, device=labels.device) // segment_len
     n_segments = (T + segment_len - 1) // segment_len
-    seg_sum = torch.zeros(n_segments, device=labels.device).index_add_(0, segment_of, token_loss.sum(0))
+    seg_sum = torch.zeros(n_segments, device=labels.device).index_add_(0, segment_of, token_loss.detach().sum(0))
     seg_count = torch.zeros(n_segments, device=labels.device).index_add_(0, segment_of, supervised.sum(0).float())
-    right = (logits.argmax(-1) == labels) & supervised
+    right = right & supervised
     has_label = supervised.any(1)
     exact_rows = (right == supervised).all(1) & has_label
     return LMLoss(loss, seg_sum / seg_count, right.sum(), count, exact_rows.sum(), has_label.sum(), exact_rows)

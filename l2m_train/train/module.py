@@ -13,10 +13,10 @@ from torch.optim.lr_scheduler import LambdaLR
 from l2m_train.config import Config, from_dict, memory_read_layers
 from l2m_train.model import MemoryDecoder
 from l2m_train.model.flops import forward_flops_per_token, train_flops_per_token
-from l2m_train.train.losses import lm_loss
 from l2m_train.train.optim import adamw, lr_at
 from l2m_train.train.reconstruction import reconstruction_loss
 from l2m_train.train.retrieval import RetrievalHead
+from l2m_train.train.segment_backward import lm_forward
 
 
 def val_prefix(sources: list[str], index: int) -> str:
@@ -47,15 +47,16 @@ class LM2Module(L.LightningModule):
 
     def _shared_step(self, batch: dict[str, torch.Tensor], prefix: str):
         keep_aux = bool(self.reconstruction_layers) or self.retrieval is not None
-        out = self.model(batch["input_ids"], valid=batch.get("valid"), keep_aux=keep_aux)
-        self._batch_shape = tuple(batch["input_ids"].shape)
-        result = lm_loss(out.logits, batch["labels"], self.cfg.model.segment_len)
         train = prefix == "train"
+        out = lm_forward(self.model, batch["input_ids"], batch["labels"], batch.get("valid"), keep_aux,
+                         release=self._early_backward_parameters() if train and not keep_aux else ())
+        self._batch_shape = tuple(batch["input_ids"].shape)
+        result = out.lm
         # Training logs every step; validation averages over the whole set (across ranks).
         how = dict(batch_size=batch["input_ids"].shape[0], on_step=train, on_epoch=not train, sync_dist=not train,
                    add_dataloader_idx=False)
-        loss = result.loss + self._auxiliary_losses(out.aux, batch, prefix, how) if keep_aux else result.loss
-        self.log(f"{prefix}/loss", result.loss, prog_bar=True, **how)  # the LM loss alone, comparable across runs
+        loss = out.loss + self._auxiliary_losses(out.aux, batch, prefix, how) if keep_aux else out.loss
+        self.log(f"{prefix}/loss", result.loss.detach(), prog_bar=True, **how)  # the LM loss alone, comparable across runs
         self.log(f"{prefix}/acc", result.correct.float() / result.count.clamp(min=1), prog_bar=True, **how)
         self.log(f"{prefix}/exact", result.exact.float() / result.samples.clamp(min=1), **how)
         for s, value in enumerate(result.per_segment.tolist()):  # one device sync for all segments
@@ -64,6 +65,13 @@ class LM2Module(L.LightningModule):
         if train:
             self.log_dict({f"gates/{name}": value for name, value in out.gates.items()}, **how)
         return loss
+
+    def _early_backward_parameters(self) -> list[torch.nn.Parameter]:
+        """What segment_backward takes early gradients of: every trainable parameter, except under ZeRO-3, whose
+        parameters exist whole only inside their own module's forward and backward (there: one backward per batch)."""
+        if isinstance(self.trainer.strategy, DeepSpeedStrategy) and self.trainer.strategy.zero_stage_3:
+            return []
+        return [p for p in self.parameters() if p.requires_grad]
 
     def _auxiliary_losses(self, aux, batch, prefix: str, how: dict) -> torch.Tensor:
         """λ_rec · reconstruction + λ_ret · retrieval, each logged on its own with the retrieval accuracy."""
