@@ -41,9 +41,7 @@ def lm_forward(model: MemoryDecoder, input_ids: Tensor, labels: Tensor, valid: T
     for piece in model.pieces(input_ids, valid=valid, keep_aux=keep_aux):
         loss, right = token_losses(model.logits(piece.hidden), labels[:, piece.start:piece.end])
         if release and piece.cut:
-            grads = torch.autograd.grad(loss.sum() / count, release, allow_unused=True)
-            released = [g if g is None else g.float() for g in grads] if released is None else [
-                r if g is None else g.float() if r is None else r + g for r, g in zip(released, grads)]
+            released = _accumulate(released, torch.autograd.grad(loss.sum() / count, release, allow_unused=True))
             loss = loss.detach()
         losses.append(loss)
         rights.append(right)
@@ -54,3 +52,13 @@ def lm_forward(model: MemoryDecoder, input_ids: Tensor, labels: Tensor, valid: T
     if released is not None:
         total = total + sum((p * g.to(p.dtype)).sum() for p, g in zip(release, released) if g is not None)
     return LMForward(total, lm, mean_gates(gates), aux if keep_aux else None)
+
+
+def _accumulate(total: list[Tensor | None] | None, grads: tuple[Tensor | None, ...]) -> list[Tensor | None]:
+    """total + grads in fp32, in place where total exists (None: a parameter no piece has reached yet)."""
+    if total is None:
+        return [None if g is None else g.float() for g in grads]
+    for i, g in enumerate(grads):
+        if g is not None:
+            total[i] = g.float() if total[i] is None else total[i].add_(g)
+    return total
