@@ -119,7 +119,7 @@ def train_step(model: MemoryDecoder, opt: Optimizer, tokens: torch.Tensor, cfg: 
     the BPTT window cuts off taken as soon as it is computed (train/segment_backward.py), clipping, AdamW.
     tokens: B × (T + 1)."""
     with autocast(device):
-        loss = lm_forward(model, tokens[:, :-1], tokens[:, 1:], release=list(model.parameters())).loss
+        loss = lm_forward(model, tokens[:, :-1], tokens[:, 1:], early_params=list(model.parameters())).loss
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)

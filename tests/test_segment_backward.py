@@ -7,11 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_model
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from l2m_train.config import load_config
 from l2m_train.data import IGNORE
+from l2m_train.data.sample import Sample, collate
 from l2m_train.train.export import export
 from l2m_train.train.losses import lm_loss
+from l2m_train.train.module import LM2Module
 from l2m_train.train.segment_backward import lm_forward
 
 
@@ -33,24 +37,26 @@ def _backward(model, loss) -> dict[str, torch.Tensor]:
 
 # 6 segments of 8 tokens, the last one short. Early backwards: after every segment whose successor starts from
 # detached memory (bptt k: segments 1 … 5 − k), and between any two segments without memory.
-@pytest.mark.parametrize("kind,attention,bptt,early", [("lm2", "segment", 0, 5), ("lm2", "segment", 3, 2),
-                                                       ("lm2", "segment", -1, 0), ("rmt", "segment", 1, 4),
-                                                       ("none", "segment", -1, 5), ("none", "full", 0, 0)])
-def test_early_backwards_give_the_gradients_of_one_backward(kind, attention, bptt, early, monkeypatch):
-    model = tiny_model(kind, attention, memory={"bptt_segments": bptt}).train()
+@pytest.mark.parametrize("kind,attention,bptt,early,extra", [
+    ("lm2", "segment", 0, 5, {}), ("lm2", "segment", 3, 2, {}), ("lm2", "segment", -1, 0, {}),
+    ("lm2", "segment", 1, 4, {"activation_checkpointing": True, "tie_embeddings": False}),
+    ("rmt", "segment", 1, 4, {}), ("none", "segment", -1, 5, {}), ("none", "full", 0, 0, {})])
+def test_early_backwards_give_the_gradients_of_one_backward(kind, attention, bptt, early, extra, monkeypatch):
+    model = tiny_model(kind, attention, memory={"bptt_segments": bptt}, **extra).train()
     idx, labels, valid = _batch(45)
     plain = lm_loss(model(idx, valid=valid).logits, labels, model.cfg.segment_len)
     reference = _backward(model, plain.loss)
 
     taken, grad = [], torch.autograd.grad
     monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: taken.append(1) or grad(*a, **k))
-    out = lm_forward(model, idx, labels, valid, release=list(model.parameters()))
+    out = lm_forward(model, idx, labels, valid, early_params=list(model.parameters()))
     assert len(taken) == early
     streamed = _backward(model, out.loss)
     assert streamed.keys() == reference.keys() and len(reference) > 10
     for name in reference:
         torch.testing.assert_close(streamed[name], reference[name], rtol=1e-5, atol=1e-7, msg=name)
     assert out.lm.loss.item() == pytest.approx(plain.loss.item(), rel=1e-6)  # the whole sample's loss, logged
+    assert out.loss.item() == pytest.approx(plain.loss.item(), rel=1e-6)  # and the value Lightning's hooks see
     assert out.lm.exact == plain.exact and out.lm.correct == plain.correct
     torch.testing.assert_close(out.lm.per_segment, plain.per_segment, equal_nan=True)
 
@@ -79,25 +85,38 @@ class _Box:
         self.counter.live -= self.bytes
 
 
-def _peak_saved(segments: int, release: bool) -> int:
+def _peak_saved(segments: int, early: bool) -> int:
     model = tiny_model("lm2", memory={"bptt_segments": 1}).train()
     idx, labels, valid = _batch(8 * segments)
     saved = _SavedBytes()
     with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
-        out = lm_forward(model, idx, labels, valid, release=list(model.parameters()) if release else ())
+        out = lm_forward(model, idx, labels, valid, early_params=list(model.parameters()) if early else ())
     out.loss.backward()
     return saved.peak
 
 
 def test_activations_kept_stay_those_of_one_window_however_long_the_sample():
-    assert _peak_saved(16, release=False) > 3 * _peak_saved(4, release=False)  # one backward: grows with the sample
-    assert _peak_saved(16, release=True) < 1.1 * _peak_saved(4, release=True)  # early backwards: flat
+    assert _peak_saved(16, early=False) > 3 * _peak_saved(4, early=False)  # one backward: grows with the sample
+    assert _peak_saved(16, early=True) < 1.1 * _peak_saved(4, early=True)  # early backwards: flat
+
+
+def test_the_lightning_module_trains_with_early_backwards_on_its_own_too():
+    """benchmarks/aux_ablation.py times LM2Module's step without a Trainer."""
+    cfg = load_config(None, ["model.segment_len=8", "data.segments=4", "model.memory.bptt_segments=1"])
+    module = LM2Module(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    module.log = module.log_dict = lambda *a, **k: None
+    batch = collate([Sample(torch.randint(0, 200, (33,)).numpy(), 30)], 32)
+    reference = _backward(module, lm_loss(module.model(batch["input_ids"]).logits, batch["labels"], 8).loss)
+    streamed = _backward(module, module._shared_step(batch, "train"))
+    assert len(module._early_params()) == len(list(module.parameters())) and streamed.keys() == reference.keys()
+    for name in reference:
+        torch.testing.assert_close(streamed[name], reference[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
 def test_early_backwards_refuse_the_auxiliary_losses():
     model = tiny_model("lm2", memory={"bptt_segments": 0}).train()
     with pytest.raises(ValueError, match="auxiliary losses"):
-        lm_forward(model, *_batch(24), keep_aux=True, release=list(model.parameters()))
+        lm_forward(model, *_batch(24), keep_aux=True, early_params=list(model.parameters()))
 
 
 @pytest.mark.slow

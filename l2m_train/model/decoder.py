@@ -62,7 +62,7 @@ class Piece:
     state: DecoderState  # after it
     gates: dict[str, Tensor]  # gate means of its memory layers, detached
     aux: dict[int, MemoryTrace]  # per layer that reads memory, when asked for
-    cut: bool  # the next piece starts from detached memory: no later piece's graph reaches this one's
+    cut: bool  # no later piece's graph reaches this one's: the next starts from detached memory, or there is none
 
 
 class Block(nn.Module):

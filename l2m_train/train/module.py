@@ -49,7 +49,7 @@ class LM2Module(L.LightningModule):
         keep_aux = bool(self.reconstruction_layers) or self.retrieval is not None
         train = prefix == "train"
         out = lm_forward(self.model, batch["input_ids"], batch["labels"], batch.get("valid"), keep_aux,
-                         release=self._early_backward_parameters() if train and not keep_aux else ())
+                         early_params=self._early_params() if train and not keep_aux else ())
         self._batch_shape = tuple(batch["input_ids"].shape)
         result = out.lm
         # Training logs every step; validation averages over the whole set (across ranks).
@@ -66,10 +66,13 @@ class LM2Module(L.LightningModule):
             self.log_dict({f"gates/{name}": value for name, value in out.gates.items()}, **how)
         return loss
 
-    def _early_backward_parameters(self) -> list[torch.nn.Parameter]:
-        """What segment_backward takes early gradients of: every trainable parameter, except under ZeRO-3, whose
-        parameters exist whole only inside their own module's forward and backward (there: one backward per batch)."""
-        if isinstance(self.trainer.strategy, DeepSpeedStrategy) and self.trainer.strategy.zero_stage_3:
+    def _early_params(self) -> list[torch.nn.Parameter]:
+        """What segment_backward takes gradients of early: every trainable parameter, except under ZeRO-3, whose
+        parameters exist whole only inside their own module's forward and backward, and with fp16, whose loss
+        scaling those gradients would miss (both: one backward per batch)."""
+        trainer = self._trainer  # None when the module is used on its own (benchmarks/aux_ablation.py)
+        if trainer is not None and (str(trainer.precision).startswith("16") or (
+                isinstance(trainer.strategy, DeepSpeedStrategy) and trainer.strategy.zero_stage_3)):
             return []
         return [p for p in self.parameters() if p.requires_grad]
 

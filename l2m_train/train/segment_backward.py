@@ -5,8 +5,10 @@ sample, and its gradients are those of one backward over the whole sample.
 With `memory.bptt_segments = k ≥ 0` every segment but the last k + 1 starts from detached memory (and segments
 without memory never reach each other), so nothing later reads such a segment's graph. Its loss's gradient is
 taken there (`torch.autograd.grad`, which frees the graph and leaves `.grad`, DDP's and DeepSpeed's hooks alone)
-and summed; the returned loss carries it as Σ⟨p, g⟩ with g constant, whose gradient is g. So one ordinary
-backward of the returned loss, by whatever strategy trains, applies and synchronises all of it.
+and summed in fp32; the returned loss carries it as s = Σ⟨p, g⟩ with g constant, whose gradient is g (added as
+s − s.detach(), so the loss's value stays the LM loss). So one ordinary backward of the returned loss, by whatever
+strategy trains, applies and synchronises all of it. The price: the sum, one fp32 copy of the gradients (two
+while a segment's gradient is being added), held on every rank.
 """
 from __future__ import annotations
 
@@ -25,23 +27,27 @@ from l2m_train.train.losses import LMLoss, lm_stats, token_losses
 
 @dataclass
 class LMForward:
-    loss: Tensor  # to backward: the LM loss, with the gradients of pieces already released carried as Σ⟨p, g⟩
+    loss: Tensor  # to backward: the LM loss, with the gradients already taken carried as Σ⟨p, g⟩ − its value
     lm: LMLoss  # the LM loss (its value over the whole batch) and its statistics
     gates: dict[str, Tensor]
     aux: list[dict[int, MemoryTrace]] | None
 
 
 def lm_forward(model: MemoryDecoder, input_ids: Tensor, labels: Tensor, valid: Tensor | None = None,
-               keep_aux: bool = False, release: Sequence[Tensor] = ()) -> LMForward:
-    """release: the parameters whose gradients early backwards take (none: one graph for the whole batch)."""
-    if release and keep_aux:  # the auxiliary losses read across segments and would need the released graphs
+               keep_aux: bool = False, early_params: Sequence[Tensor] = ()) -> LMForward:
+    """early_params: the parameters whose gradients are taken early (none: one graph for the whole batch).
+
+    Their gradients are taken unscaled, so not with fp16, whose loss scaling they would miss (they underflow).
+    """
+    if early_params and keep_aux:  # the auxiliary losses read across segments and would need the released graphs
         raise ValueError("early backwards cannot be combined with the auxiliary losses")
     count = (labels != IGNORE).sum().clamp(min=1)
-    losses, rights, gates, aux, released = [], [], [], [], None
+    losses, rights, gates, aux, early = [], [], [], [], None
     for piece in model.pieces(input_ids, valid=valid, keep_aux=keep_aux):
         loss, right = token_losses(model.logits(piece.hidden), labels[:, piece.start:piece.end])
-        if release and piece.cut:
-            released = _accumulate(released, torch.autograd.grad(loss.sum() / count, release, allow_unused=True))
+        if early_params and piece.cut:
+            with torch.autocast(input_ids.device.type, enabled=False):  # a backward, as Lightning's, outside autocast
+                early = _accumulate(early, torch.autograd.grad(loss.sum() / count, early_params, allow_unused=True))
             loss = loss.detach()
         losses.append(loss)
         rights.append(right)
@@ -49,16 +55,16 @@ def lm_forward(model: MemoryDecoder, input_ids: Tensor, labels: Tensor, valid: T
         aux.append(piece.aux)
     lm = lm_stats(torch.cat(losses, dim=1), torch.cat(rights, dim=1), labels, model.cfg.segment_len)
     total = lm.loss
-    if released is not None:
-        total = total + sum((p * g.to(p.dtype)).sum() for p, g in zip(release, released) if g is not None)
+    if early is not None:
+        carried = sum((p * g.to(p.dtype)).sum() for p, g in zip(early_params, early) if g is not None)
+        total = total + (carried - carried.detach())
     return LMForward(total, lm, mean_gates(gates), aux if keep_aux else None)
 
 
 def _accumulate(total: list[Tensor | None] | None, grads: tuple[Tensor | None, ...]) -> list[Tensor | None]:
-    """total + grads in fp32, in place where total exists (None: a parameter no piece has reached yet)."""
-    if total is None:
-        return [None if g is None else g.float() for g in grads]
+    """total + grads in fp32, in place (None: a parameter no piece has reached yet)."""
+    total = [None] * len(grads) if total is None else total
     for i, g in enumerate(grads):
-        if g is not None:
-            total[i] = g.float() if total[i] is None else total[i].add_(g)
+        if g is not None:  # a copy first: autograd may hand back a tensor it shares
+            total[i] = g.to(torch.float32, copy=True) if total[i] is None else total[i].add_(g)
     return total
