@@ -157,7 +157,7 @@ class MemoryDecoder(nn.Module):
     def pieces(
         self, idx: Tensor, state: DecoderState | None = None, valid: Tensor | None = None, keep_aux: bool = False
     ) -> Iterator[Piece]:
-        """Run idx (as `forward`) one piece at a time, a piece being the tokens of one segment, yielding each when done.
+        """Run idx (as `forward`) a piece at a time, a piece being its tokens that lie in one segment; yield each when done.
 
         Backpropagation through memory is truncated here (`memory.bptt_segments`): each piece says whether the
         next one starts from detached memory, so a caller may run a piece's backward before the next one is computed.
