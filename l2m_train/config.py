@@ -5,6 +5,7 @@ merged under the key <group>. An override `model=small` swaps a whole group the 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -113,7 +114,15 @@ class RetrievalConfig:
 
 
 @dataclass
+class ContextConfig:
+    """Next-token loss on a sample's context, the tokens before its supervised ones (see `Sample`)."""
+
+    weight: float = 0.0  # λ_ctx; 0 = not computed at all
+
+
+@dataclass
 class LossConfig:
+    context: ContextConfig = field(default_factory=ContextConfig)
     reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
@@ -402,7 +411,9 @@ def memory_read_layers(cfg: ModelConfig) -> list[int]:
 def _loss_checks(cfg: Config) -> list[tuple[bool, str]]:
     rec, ret, kind = cfg.loss.reconstruction, cfg.loss.retrieval, cfg.model.memory.kind
     readers = memory_read_layers(cfg.model)
-    checks = [(rec.weight >= 0 and ret.weight >= 0, "loss.reconstruction.weight and loss.retrieval.weight must be >= 0"),
+    context = cfg.loss.context.weight
+    checks = [(math.isfinite(context) and context >= 0, f"loss.context.weight must be a finite number >= 0, got {context}"),
+              (rec.weight >= 0 and ret.weight >= 0, "loss.reconstruction.weight and loss.retrieval.weight must be >= 0"),
               (ret.dim > 0 and ret.temperature > 0, "loss.retrieval.dim and loss.retrieval.temperature must be > 0")]
     for name, weight in (("reconstruction", rec.weight), ("retrieval", ret.weight)):
         checks.append((weight == 0 or kind != "none", f"loss.{name}.weight={weight} supervises the memory, but "

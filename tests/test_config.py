@@ -39,6 +39,9 @@ def test_a_group_override_swaps_the_preset():
         (["train.val_every_steps=0"], "train.val_every_steps"),
         (["train.accelerator=tpu9"], "train.accelerator must be"),
         (["optim.min_lr_ratio=2"], "optim.min_lr_ratio"),
+        (["loss.context.weight=-0.5"], "loss.context.weight must be a finite number >= 0, got -0.5"),
+        (["loss.context.weight=inf"], "loss.context.weight must be a finite number >= 0, got inf"),
+        (["loss.context.weight=nan"], "loss.context.weight must be a finite number >= 0, got nan"),
     ],
 )
 def test_bad_configs_name_the_problem(overrides, message):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import tiny_model
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
@@ -29,6 +30,14 @@ def _batch(T: int):
     return idx, labels, valid
 
 
+def _context_labels(labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Targets on every real position without a label, but a few (so some positions carry neither)."""
+    context = torch.randint(0, 64, labels.shape, generator=torch.Generator().manual_seed(2))
+    context[(labels != IGNORE) | ~valid] = IGNORE
+    context[:, 1::7] = IGNORE
+    return context
+
+
 def _backward(model, loss) -> dict[str, torch.Tensor]:
     model.zero_grad(set_to_none=True)
     loss.backward()
@@ -37,26 +46,39 @@ def _backward(model, loss) -> dict[str, torch.Tensor]:
 
 # 6 segments of 8 tokens, the last one short. Early backwards: after every segment whose successor starts from
 # detached memory (bptt k: segments 1 … 5 − k), and between any two segments without memory.
+@pytest.mark.parametrize("context_weight", [None, 0.7])  # the context loss off, and on
 @pytest.mark.parametrize("kind,attention,bptt,early,extra", [
     ("lm2", "segment", 0, 5, {}), ("lm2", "segment", 3, 2, {}), ("lm2", "segment", -1, 0, {}),
     ("lm2", "segment", 1, 4, {"activation_checkpointing": True, "tie_embeddings": False}),
     ("rmt", "segment", 1, 4, {}), ("none", "segment", -1, 5, {}), ("none", "full", 0, 0, {})])
-def test_early_backwards_give_the_gradients_of_one_backward(kind, attention, bptt, early, extra, monkeypatch):
+def test_early_backwards_give_the_gradients_of_one_backward(kind, attention, bptt, early, extra, context_weight,
+                                                           monkeypatch):
     model = tiny_model(kind, attention, memory={"bptt_segments": bptt}, **extra).train()
     idx, labels, valid = _batch(45)
-    plain = lm_loss(model(idx, valid=valid).logits, labels, model.cfg.segment_len)
-    reference = _backward(model, plain.loss)
+    logits = model(idx, valid=valid).logits
+    plain = lm_loss(logits, labels, model.cfg.segment_len)
+    context = None if context_weight is None else _context_labels(labels, valid)
+    objective = plain.loss
+    if context is not None:  # the context loss as one mean over the whole batch's context positions
+        context_loss = F.cross_entropy(logits.flatten(0, 1), context.flatten(), ignore_index=IGNORE)
+        objective = objective + context_weight * context_loss
+    reference = _backward(model, objective)
 
     taken, grad = [], torch.autograd.grad
     monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: taken.append(1) or grad(*a, **k))
-    out = lm_forward(model, idx, labels, valid, early_params=list(model.parameters()))
+    out = lm_forward(model, idx, labels, valid, early_params=list(model.parameters()), context_labels=context,
+                     context_weight=context_weight or 0.0)
     assert len(taken) == early
     streamed = _backward(model, out.loss)
     assert streamed.keys() == reference.keys() and len(reference) > 10
     for name in reference:
         torch.testing.assert_close(streamed[name], reference[name], rtol=1e-5, atol=1e-7, msg=name)
     assert out.lm.loss.item() == pytest.approx(plain.loss.item(), rel=1e-6)  # the whole sample's loss, logged
-    assert out.loss.item() == pytest.approx(plain.loss.item(), rel=1e-6)  # and the value Lightning's hooks see
+    assert out.loss.item() == pytest.approx(objective.item(), rel=1e-6)  # and the value Lightning's hooks see
+    if context is None:
+        assert out.context is None
+    else:
+        assert out.context.item() == pytest.approx(context_loss.item(), rel=1e-6)
     assert out.lm.exact == plain.exact and out.lm.correct == plain.correct
     torch.testing.assert_close(out.lm.per_segment, plain.per_segment, equal_nan=True)
 

@@ -48,7 +48,8 @@ class TrainingData(L.LightningDataModule):
     def val_dataloader(self) -> list[DataLoader]:
         length = self.cfg.data.segments * self.cfg.model.segment_len
         return [DataLoader(source.val(self.cfg.data.val_samples), batch_size=self.cfg.train.micro_batch,
-                           collate_fn=partial(collate, length=length)) for source in self.sources]
+                           collate_fn=partial(collate, length=length, context=self.cfg.loss.context.weight > 0))
+                for source in self.sources]
 
     def state_dict(self) -> dict:
         return {"order": self.state.as_dict(), "fingerprints": self.fingerprints, "tokenizer": self.tokenizer.to_json()}
@@ -92,7 +93,7 @@ class MicroBatches(IterableDataset):
             picked = self.order.draw(state, pools[segments], n * self.world)
             state.tokens += cfg.train.micro_batch * full * L * self.world
             samples: list[Sample] = [pool.get(i) for pool, i in picked[self.rank * n:(self.rank + 1) * n]]
-            batch = collate(samples, segments * L)
+            batch = collate(samples, segments * L, context=cfg.loss.context.weight > 0)
             batch.update(stage=k, segments=segments, order=state.as_dict())
             yield batch
 

@@ -20,6 +20,10 @@ class Evidence:
 
 @dataclass
 class Sample:
+    """Its context is ids[:loss_from], the tokens before the supervised ones: ids[1:loss_from] are the context's
+    next-token targets (the context loss, `loss.context`). Pretraining windows supervise every token (loss_from=1),
+    so they have none and nothing is counted twice; a QA sample's context is its story and question."""
+
     ids: np.ndarray  # every token of the sample, the answer included
     loss_from: int  # tokens ids[loss_from:] are supervised, each predicted from the tokens before it
     evidence: Evidence | None = None
@@ -34,11 +38,15 @@ class Sample:
         return len(self.ids) - 1
 
 
-def collate(samples: list[Sample], length: int) -> dict[str, torch.Tensor]:
-    """B × length batch, right-padded; `valid` marks real tokens (padding is never written to memory)."""
+def collate(samples: list[Sample], length: int, context: bool = False) -> dict[str, torch.Tensor]:
+    """B × length batch, right-padded; `valid` marks real tokens (padding is never written to memory).
+
+    context: also `context_labels`, the context's next-token targets (IGNORE elsewhere: answer and padding), for
+    the context loss; only asked for when that loss is on, so that a batch without it is what it always was."""
     B = len(samples)
     input_ids = torch.zeros(B, length, dtype=torch.long)
     labels = torch.full((B, length), IGNORE, dtype=torch.long)
+    context_labels = torch.full((B, length), IGNORE, dtype=torch.long) if context else None
     valid = torch.zeros(B, length, dtype=torch.bool)
     for row, s in enumerate(samples):
         if s.inputs > length:
@@ -46,8 +54,12 @@ def collate(samples: list[Sample], length: int) -> dict[str, torch.Tensor]:
         ids = torch.as_tensor(np.asarray(s.ids, dtype=np.int64))
         input_ids[row, : s.inputs] = ids[:-1]
         labels[row, s.loss_from - 1 : s.inputs] = ids[s.loss_from :]
+        if context:
+            context_labels[row, : s.loss_from - 1] = ids[1 : s.loss_from]
         valid[row, : s.inputs] = True
     batch = {"input_ids": input_ids, "labels": labels}
+    if context:
+        batch["context_labels"] = context_labels
     if not valid.all():
         batch["valid"] = valid
     if any(s.evidence is not None for s in samples):

@@ -33,6 +33,18 @@ def token_losses(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return token_loss.view(B, T), logits.argmax(-1) == labels
 
 
+def answer_and_context_losses(logits: Tensor, labels: Tensor, context_labels: Tensor | None
+                              ) -> tuple[Tensor, Tensor | None, Tensor]:
+    """`token_losses` of labels and of context_labels (None: no context loss), from one cross-entropy as they never
+    share a position: the labels' losses, the context's, and whether the argmax is right (read at labels' positions)."""
+    if context_labels is None:
+        loss, right = token_losses(logits, labels)
+        return loss, None, right
+    answer = labels != IGNORE
+    both, right = token_losses(logits, torch.where(answer, labels, context_labels))
+    return both.where(answer, 0), both.where(~answer, 0), right
+
+
 def lm_stats(token_loss: Tensor, right: Tensor, labels: Tensor, segment_len: int) -> LMLoss:
     """The loss and its statistics from `token_losses` over whole samples (B × T)."""
     T = labels.shape[1]

@@ -47,9 +47,11 @@ class LM2Module(L.LightningModule):
 
     def _shared_step(self, batch: dict[str, torch.Tensor], prefix: str):
         keep_aux = bool(self.reconstruction_layers) or self.retrieval is not None
-        train = prefix == "train"
+        train, context_weight = prefix == "train", self.cfg.loss.context.weight
         out = lm_forward(self.model, batch["input_ids"], batch["labels"], batch.get("valid"), keep_aux,
-                         early_params=self._early_params() if train and not keep_aux else ())
+                         early_params=self._early_params() if train and not keep_aux else (),
+                         context_labels=batch["context_labels"] if context_weight > 0 else None,
+                         context_weight=context_weight)
         self._batch_shape = tuple(batch["input_ids"].shape)
         result = out.lm
         # Training logs every step; validation averages over the whole set (across ranks).
@@ -59,6 +61,8 @@ class LM2Module(L.LightningModule):
         self.log(f"{prefix}/loss", result.loss.detach(), prog_bar=True, **how)  # the LM loss alone, comparable across runs
         self.log(f"{prefix}/acc", result.correct.float() / result.count.clamp(min=1), prog_bar=True, **how)
         self.log(f"{prefix}/exact", result.exact.float() / result.samples.clamp(min=1), **how)
+        if out.context is not None:
+            self.log(f"{prefix}/context_loss", out.context.detach(), **how)
         for s, value in enumerate(result.per_segment.tolist()):  # one device sync for all segments
             if not math.isnan(value):  # segments without supervised tokens have no loss to show
                 self.log(f"{prefix}/loss_seg{s}", value, **how)

@@ -173,7 +173,7 @@ def execute(run: PlannedRun) -> RunResult:
 
 
 def baseline_config(cfg: Config) -> Config:
-    """The same run with segment-local attention and no memory (so no memory losses either)."""
+    """The same run with segment-local attention and no memory (so no memory losses either; the context loss stays)."""
     memory = replace(cfg.model.memory, kind="none")
-    return replace(cfg, model=replace(cfg.model, memory=memory, attention="segment"), loss=LossConfig(),
-                   run=replace(cfg.run, name=f"{cfg.run.name}/baseline-none"))
+    return replace(cfg, model=replace(cfg.model, memory=memory, attention="segment"),
+                   loss=LossConfig(context=cfg.loss.context), run=replace(cfg.run, name=f"{cfg.run.name}/baseline-none"))

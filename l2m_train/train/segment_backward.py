@@ -1,14 +1,14 @@
-"""The model over a batch with its LM loss, running the backward of each piece of a sample that the BPTT window
-cuts off as soon as it is computed: a training step then holds the activations of one window, not of the whole
-sample, and its gradients are those of one backward over the whole sample.
+"""The model over a batch with its LM loss (and context loss), running the backward of each piece of a sample that the
+BPTT window cuts off as soon as it is computed: a training step then holds the activations of one window, not of the
+whole sample, and its gradients are those of one backward over the whole sample.
 
 With `memory.bptt_segments = k ≥ 0` every segment but the last k + 1 starts from detached memory (and segments
 without memory never reach each other), so nothing later reads such a segment's graph. Its loss's gradient is
 taken there (`torch.autograd.grad`, which frees the graph and leaves `.grad`, DDP's and DeepSpeed's hooks alone)
 and summed in fp32; the returned loss carries it as s = Σ⟨p, g⟩ with g constant, whose gradient is g (added as
-s − s.detach(), so the loss's value stays the LM loss). So one ordinary backward of the returned loss, by whatever
-strategy trains, applies and synchronises all of it. The price: the sum, one fp32 copy of the gradients (two
-while a segment's gradient is being added), held on every rank.
+s − s.detach(), so the loss's value stays the whole sample's loss). So one ordinary backward of the returned loss,
+by whatever strategy trains, applies and synchronises all of it. The price: the sum, one fp32 copy of the gradients
+(two while a segment's gradient is being added), held on every rank.
 """
 from __future__ import annotations
 
@@ -22,43 +22,60 @@ from l2m_train.data import IGNORE
 from l2m_train.model import MemoryDecoder
 from l2m_train.model.decoder import mean_gates
 from l2m_train.model.memory import MemoryTrace
-from l2m_train.train.losses import LMLoss, lm_stats, token_losses
+from l2m_train.train.losses import LMLoss, answer_and_context_losses, lm_stats
 
 
 @dataclass
 class LMForward:
-    loss: Tensor  # to backward: the LM loss, with the gradients already taken carried as Σ⟨p, g⟩ − its value
+    loss: Tensor  # to backward: LM + context_weight · context, the gradients already taken carried as Σ⟨p, g⟩ − its value
     lm: LMLoss  # the LM loss (its value over the whole batch) and its statistics
+    context: Tensor | None  # the context loss over the whole batch, when context labels were given
     gates: dict[str, Tensor]
     aux: list[dict[int, MemoryTrace]] | None
 
 
 def lm_forward(model: MemoryDecoder, input_ids: Tensor, labels: Tensor, valid: Tensor | None = None,
-               keep_aux: bool = False, early_params: Sequence[Tensor] = ()) -> LMForward:
+               keep_aux: bool = False, early_params: Sequence[Tensor] = (), context_labels: Tensor | None = None,
+               context_weight: float = 0.0) -> LMForward:
     """early_params: the parameters whose gradients are taken early (none: one graph for the whole batch).
-
     Their gradients are taken unscaled, so not with fp16, whose loss scaling they would miss (they underflow).
+
+    context_labels: the context's next-token targets (IGNORE elsewhere); their mean cross-entropy over the batch, the
+    context loss, joins the loss times context_weight. A piece's share of either loss is its sum over the whole
+    batch's count, so the pieces' early gradients add up to the whole batch's.
     """
     if early_params and keep_aux:  # the auxiliary losses read across segments and would need the released graphs
         raise ValueError("early backwards cannot be combined with the auxiliary losses")
     count = (labels != IGNORE).sum().clamp(min=1)
-    losses, rights, gates, aux, early = [], [], [], [], None
+    context_count = None if context_labels is None else (context_labels != IGNORE).sum().clamp(min=1)
+
+    def share(loss: Tensor, context: Tensor | None) -> Tensor:  # a piece's token losses → its share of the loss
+        answer = loss.sum() / count
+        return answer if context is None else answer + context_weight * context.sum() / context_count
+
+    losses, contexts, rights, gates, aux, early = [], [], [], [], [], None
     for piece in model.pieces(input_ids, valid=valid, keep_aux=keep_aux):
-        loss, right = token_losses(model.logits(piece.hidden), labels[:, piece.start:piece.end])
+        span = slice(piece.start, piece.end)
+        loss, context, right = answer_and_context_losses(
+            model.logits(piece.hidden), labels[:, span], None if context_labels is None else context_labels[:, span])
         if early_params and piece.cut:
             with torch.autocast(input_ids.device.type, enabled=False):  # a backward, as Lightning's, outside autocast
-                early = _accumulate(early, torch.autograd.grad(loss.sum() / count, early_params, allow_unused=True))
-            loss = loss.detach()
+                early = _accumulate(early, torch.autograd.grad(share(loss, context), early_params, allow_unused=True))
+            loss, context = loss.detach(), None if context is None else context.detach()
         losses.append(loss)
+        contexts.append(context)
         rights.append(right)
         gates.append(piece.gates)
         aux.append(piece.aux)
     lm = lm_stats(torch.cat(losses, dim=1), torch.cat(rights, dim=1), labels, model.cfg.segment_len)
-    total = lm.loss
+    total, context = lm.loss, None
+    if context_labels is not None:
+        context = torch.cat(contexts, dim=1).sum() / context_count
+        total = total + context_weight * context
     if early is not None:
         carried = sum((p * g.to(p.dtype)).sum() for p, g in zip(early_params, early) if g is not None)
         total = total + (carried - carried.detach())
-    return LMForward(total, lm, mean_gates(gates), aux if keep_aux else None)
+    return LMForward(total, lm, context, mean_gates(gates), aux if keep_aux else None)
 
 
 def _accumulate(total: list[Tensor | None] | None, grads: tuple[Tensor | None, ...]) -> list[Tensor | None]:
