@@ -85,6 +85,7 @@ class DataConfig:
     weights: list[float] = field(default_factory=list)  # one per source; empty: equal weights
     segments: int = 3  # segments per sample (at the last curriculum stage)
     curriculum: list[Stage] = field(default_factory=list)  # empty: one stage of `segments` segments from the start
+    bucket: bool = True  # sort each step's samples by length, pad micro-batches only to whole segments (data/bucketing.py)
     val_samples: int = 512  # per source
     seed: int = 1234  # the data order and the synthetic samples are pure functions of it
     recall: RecallConfig = field(default_factory=RecallConfig)
@@ -239,6 +240,8 @@ class Config:
 
     @property
     def tokens_per_step(self) -> int:
+        """Positions per optimizer step: the steps of the budget and the schedule. Real tokens per step are at most
+        this (padding excluded; close to it with data.bucket)."""
         return self.samples_per_step * self.sample_len
 
 

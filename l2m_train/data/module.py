@@ -1,11 +1,14 @@
 """The LightningDataModule: a mixture of sources, a curriculum, and a global position that makes resume exact.
 
-Every rank draws the same global micro-batch from the global order and keeps its own slice, so ranks read
-disjoint parts of each batch. The position of the batches actually trained (not of those prefetched) is
-what a checkpoint saves; it is global, so a run resumes on any number of ranks with the same batches.
+Every rank draws the same global optimizer step from the global order (bucketed by length: bucketing.py) and
+keeps its own slice of each micro-step, so ranks read disjoint parts of each batch. The position of the batches
+actually trained (not of those prefetched) is what a checkpoint saves; it is global, so a run resumes on any number
+of ranks from the same position.
 """
 from __future__ import annotations
 
+import bisect
+from dataclasses import replace
 from functools import partial
 
 import lightning as L
@@ -14,9 +17,10 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from l2m_train.config import Config
 from l2m_train.data import DataError
+from l2m_train.data.bucketing import cut, fits, rank_slice, segments_of
 from l2m_train.data.curriculum import samples_per_micro_batch, stage_at
 from l2m_train.data.order import GlobalOrder, OrderState
-from l2m_train.data.sample import Sample, collate
+from l2m_train.data.sample import collate
 from l2m_train.data.sources import SOURCES
 
 
@@ -71,31 +75,59 @@ def _short(fingerprint: str | None) -> str:
 
 
 class MicroBatches(IterableDataset):
-    """This rank's micro-batches, from a global position on. Each carries the global position after it."""
+    """This rank's micro-batches, from a global position on. Each carries the global position after it.
+
+    An optimizer step's samples are drawn at once (`bucketing.py`) and cut into `train.accumulate` global
+    micro-batches; a position inside a step is the step's start and the micro-steps of it already trained.
+    """
 
     def __init__(self, cfg: Config, sources: list, state: OrderState, rank: int, world: int):
         self.cfg, self.sources, self.state, self.rank, self.world = cfg, sources, state, rank, world
         weights = cfg.data.weights or [1.0] * len(sources)
         self.order = GlobalOrder(cfg.data.seed, weights)
+        self.capacity = cfg.train.micro_batch * cfg.data.segments  # segments of positions per micro-batch and rank
 
     def __iter__(self):
-        cfg, state = self.cfg, self.state
-        L, full, stages = cfg.model.segment_len, cfg.data.segments, cfg.data.stages
-        per_step = cfg.tokens_per_step
+        cfg, begin, L, stages = self.cfg, self.state, self.cfg.model.segment_len, self.cfg.data.stages
         pools: dict[int, list] = {}
         while True:
-            # The stage is fixed for a whole optimizer step: it follows the tokens seen when the step began.
-            k = stage_at(stages, state.tokens // per_step * per_step)
+            # The stage is fixed for a whole optimizer step: it follows the real tokens seen when the step began.
+            k = stage_at(stages, begin.tokens)
             segments = stages[k].segments
-            n = samples_per_micro_batch(cfg.train.micro_batch, full, segments)
             if segments not in pools:  # a stage's pools are fixed: build them once
                 pools[segments] = [s.pools(segments) for s in self.sources]
-            picked = self.order.draw(state, pools[segments], n * self.world)
-            state.tokens += cfg.train.micro_batch * full * L * self.world
-            samples: list[Sample] = [pool.get(i) for pool, i in picked[self.rank * n:(self.rank + 1) * n]]
-            batch = collate(samples, segments * L, context=cfg.loss.context.weight > 0)
-            batch.update(stage=k, segments=segments, order=state.as_dict())
-            yield batch
+            end = replace(begin, taken=dict(begin.taken), skip=0)
+            picked, bounds = self._step(end, pools[segments], segments)
+            for m, (a, b) in enumerate(bounds):
+                end.tokens += sum(inputs for _, _, inputs in picked[a:b])
+                if m < begin.skip:  # trained before the run was resumed
+                    continue
+                mine = picked[a:b][rank_slice(0, b - a, self.rank, self.world)]
+                length = segments_of(picked[a][2], L) * L if cfg.data.bucket else segments * L
+                batch = collate([pool.get(i) for pool, i, _ in mine], length, context=cfg.loss.context.weight > 0)
+                after = end if m + 1 == len(bounds) else replace(begin, skip=m + 1)
+                batch.update(stage=k, segments=segments, tokens=end.tokens, order=after.as_dict())
+                yield batch
+            begin = end
+
+    def _step(self, state: OrderState, pools: list, segments: int) -> tuple[list[tuple], list[tuple[int, int]]]:
+        """The step's (pool, index, inputs), advancing `state`, and each global micro-batch's [start, end) of them."""
+        steps, world, L = self.cfg.train.accumulate, self.world, self.cfg.model.segment_len
+        n = samples_per_micro_batch(self.cfg.train.micro_batch, self.cfg.data.segments, segments) * world
+        picked = [(pool, i, pool.inputs(i)) for pool, i in self.order.draw(state, pools, n * steps)]
+        if not self.cfg.data.bucket:
+            return picked, [(m * n, (m + 1) * n) for m in range(steps)]
+        longest_first = sorted((segments_of(inputs, L) for _, _, inputs in picked), reverse=True)
+        while True:  # more samples while the step still holds them
+            pool, i = self.order.peek(state, pools)
+            inputs = pool.inputs(i)
+            bisect.insort(longest_first, segments_of(inputs, L), key=lambda s: -s)
+            if not fits(longest_first, steps, world, self.capacity):
+                break
+            self.order.advance(state, pool)
+            picked.append((pool, i, inputs))
+        picked.sort(key=lambda p: -p[2])  # stable: equal lengths keep the global order
+        return picked, cut([segments_of(inputs, L) for _, _, inputs in picked], steps, world, self.capacity)
 
 
 class DataPosition(Callback):

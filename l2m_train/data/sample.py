@@ -67,6 +67,12 @@ def collate(samples: list[Sample], length: int, context: bool = False) -> dict[s
     return batch
 
 
+def real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Positions of a collated batch that hold real tokens (padding excluded)."""
+    valid = batch.get("valid")
+    return batch["input_ids"].numel() if valid is None else int(valid.sum())
+
+
 def _collate_evidence(evidence: list[Evidence | None]) -> dict[str, torch.Tensor]:
     """fact_spans B × F × 2 and question_span B × 2 (-1 where absent), fact_support B × F."""
     F = max((len(e.facts) for e in evidence if e is not None), default=0)

@@ -34,7 +34,8 @@ class RecallSource:
 
     def pools(self, segments: int) -> list[Pool]:
         task = self._task(segments, self.cfg.data.seed)
-        return [Pool(f"recall/{segments}", self.cfg.data.recall.train_samples or None, task.sample)]
+        inputs = segments * self.cfg.model.segment_len  # every sample fills its segments exactly
+        return [Pool(f"recall/{segments}", self.cfg.data.recall.train_samples or None, task.sample, lambda i: inputs)]
 
     def held_out(self) -> RecallTask:
         return self._task(self.cfg.data.segments, self.cfg.data.seed + 1)  # another seed: no story is shared
@@ -74,7 +75,8 @@ class PretrainSource:
 
     def pools(self, segments: int) -> list[Pool]:
         size = self._windows(segments, 0, self.train_tokens)
-        return [Pool(f"pretrain/{segments * self.L}", size, lambda i: self._window(segments, 0, i))]
+        n = segments * self.L
+        return [Pool(f"pretrain/{n}", size, lambda i: self._window(segments, 0, i), lambda i: n)]
 
     def val(self, n: int) -> list[Sample]:
         n = min(n, self._windows(self.full, self.train_tokens, self.shards.tokens))
@@ -127,7 +129,8 @@ class QASource:
         for t in np.unique(self.lengths):
             fits = np.flatnonzero((self.lengths == t) & (self.inputs <= room))
             if len(fits):
-                pools.append(Pool(f"qa/{t}/{room}", len(fits), lambda i, fits=fits: self._sample(self.train, fits[i])))
+                pools.append(Pool(f"qa/{t}/{room}", len(fits), lambda i, fits=fits: self._sample(self.train, fits[i]),
+                                  lambda i, fits=fits: int(self.inputs[fits[i]])))
         if not pools:
             raise DataError(f"no QA sample fits {segments} segments ({room:,} positions); the shortest needs "
                             f"{self.inputs.min():,}: raise the curriculum's segments or build shorter lengths")

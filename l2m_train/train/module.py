@@ -98,11 +98,14 @@ class LM2Module(L.LightningModule):
     def training_step(self, batch, batch_idx):
         loss = self._shared_step(batch, "train")
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
-        self.log("train/tokens", float(self.global_step * self.cfg.tokens_per_step))
-        if "stage" in batch:  # the curriculum: its stage and how long samples are right now
+        if "stage" in batch:  # from the data module: real tokens so far, the curriculum and how long samples are
+            self.log("train/tokens", float(batch["tokens"]))  # all ranks, padding excluded, through this micro-batch
             valid = batch.get("valid")
-            real = torch.full_like(batch["input_ids"][:, 0], batch["input_ids"].shape[1]) if valid is None else valid.sum(1)
+            rows, positions = batch["input_ids"].shape
+            real = torch.full_like(batch["input_ids"][:, 0], positions) if valid is None else valid.sum(1)
             self.log_dict({"data/stage": float(batch["stage"]), "data/segments": float(batch["segments"]),
+                           "data/batch_segments": float(-(-positions // self.cfg.model.segment_len)),
+                           "data/samples": float(rows), "data/fill": real.sum().float() / real.numel() / positions,
                            "data/sample_tokens": real.float().mean(), "data/sample_tokens_max": real.max().float()})
         return loss
 

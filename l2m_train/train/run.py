@@ -162,7 +162,7 @@ def execute(run: PlannedRun) -> RunResult:
         val_exact=metrics[f"{prefix}/exact"],
         val_loss=metrics[f"{prefix}/loss"],
         steps=trainer.global_step,
-        tokens=trainer.global_step * cfg.tokens_per_step,
+        tokens=run.data.state.tokens,  # real tokens trained, padding excluded
         seconds=seconds,
         run_dir=str(run_dir),
     )

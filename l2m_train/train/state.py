@@ -28,7 +28,7 @@ def train_state(cfg: Config, data: TrainingData, step: int, wandb_run_id: str | 
     config = config_dict(cfg)
     return {
         "step": step,
-        "tokens": data.state.tokens,  # model input consumed, padding included: the curriculum's clock
+        "tokens": data.state.tokens,  # real input tokens trained, padding excluded: the curriculum's clock
         "data": data.state.as_dict(),  # the global data cursor
         "stage": stage_at(cfg.data.stages, data.state.tokens),
         "world_size": cfg.world_size,

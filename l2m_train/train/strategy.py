@@ -26,7 +26,8 @@ def strategy_name(cfg: Config) -> str:
 def build_strategy(cfg: Config, load_universal: bool = False) -> str | Strategy:
     name = strategy_name(cfg)
     if name != "deepspeed":
-        return {"single": "auto", "ddp": "ddp"}[name]
+        # A micro-batch of one segment (short samples, data.bucket) never uses lm2's memory write: DDP must not wait for it.
+        return {"single": "auto", "ddp": "ddp_find_unused_parameters_true"}[name]
     if not on_gpu(cfg):
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before DeepSpeed is imported; launched ranks inherit it
     try:
