@@ -16,15 +16,18 @@ command or on other data is refused: pass another --runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import hashlib
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +59,7 @@ class Preset:
     batch_tokens: int  # padded positions per evaluation batch
     full_max: int | None  # longest length full attention is evaluated at (its cost grows with the square); None: all
     eval_threads: int | None  # OMP_NUM_THREADS for evaluation (training sets train.threads in its YAML)
+    generated: int = 0  # train on this many stories per task from `l2m data babi-generate`; 0: the real bAbI stories
 
 
 PRESETS = {
@@ -65,6 +69,11 @@ PRESETS = {
     "gpu": Preset(config="babilong-results-gpu", vocab=8192, train_lengths=("0k", "1k", "2k", "4k"), train_samples=5000,
                   val_samples=50, tasks=("qa1", "qa2", "qa4", "qa5"), lengths=("0k", "1k", "2k", "4k", "8k", "16k", "32k"),
                   long=("64k", "128k"), samples=100, batch_tokens=262144, full_max=None, eval_threads=None),
+    # Issue 14's rungs 1 and 2: qa1 at 0k in segments of 16 tokens, trained on generated stories (none repeats),
+    # evaluated on real ones.
+    "ladder-gpu": Preset(config="babilong-ladder-gpu", vocab=1024, train_lengths=("0k",), train_samples=100000, val_samples=200,
+                         tasks=("qa1",), lengths=("0k",), long=(), samples=250, batch_tokens=65536, full_max=None,
+                         eval_threads=None, generated=20000),
 }
 FULL = "none-full"
 
@@ -75,9 +84,11 @@ class Steps:
     def __init__(self, env: dict[str, str]):
         self.env, self.log = env, []  # env: variables set for evaluation (shown in the commands)
 
-    def run(self, command: list[str], out: Path, upstream: str = "", env: bool = False, keep: bool = False) -> tuple[str, str | None]:
+    def run(self, command: list[str], out: Path, upstream: str = "", env: bool = False, keep: bool = False,
+            log: Path | None = None) -> tuple[str, str | None]:
         """(stamp, None) on success; (stamp, the last line on stderr) on failure. keep: refuse to redo an output that
-        another command made (a finished training run) instead of replacing it."""
+        another command made (a finished training run) instead of replacing it. log: stderr goes there, not to ours
+        (commands running side by side)."""
         extra = self.env if env else {}
         shown = " ".join([*(f"{k}={v}" for k, v in extra.items()), shlex.join(command)])
         stamp = hashlib.sha256(f"{shown}\n{upstream}".encode()).hexdigest()[:16]
@@ -90,11 +101,14 @@ class Steps:
             raise SystemExit(f"{out} was made by another command or from other data; remove it or pass another --runs")
         print(f"$ {shown}", flush=True)
         started = time.perf_counter()
-        proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=os.environ | extra)
+        proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=None if log is None else subprocess.DEVNULL, text=True,
+                                env=os.environ | extra)
         last = ""
-        for line in proc.stderr:  # streamed through; the last line is the reason of a failure
-            sys.stderr.write(line)
-            last = line.strip() or last
+        with contextlib.ExitStack() as stack:
+            sink = sys.stderr if log is None else stack.enter_context(open(log, "a"))
+            for line in proc.stderr:  # streamed through; the last line is the reason of a failure
+                sink.write(line)
+                last = line.strip() or last
         code = proc.wait()
         self.log.append({"command": shown, "ran": True, "seconds": round(time.perf_counter() - started, 1), "exit_code": code})
         if code:
@@ -130,12 +144,12 @@ def read_rows(path: Path) -> dict:
 
 
 def evaluate(steps: Steps, kind: str, run: Path, stamp: str, lengths: list[int], args: argparse.Namespace, preset: Preset,
-             tasks: list[str]) -> tuple[dict, dict]:
+             tasks: list[str], log: Path | None) -> tuple[dict, dict]:
     """(accuracy cells, {length label: why not run}). Full attention runs one length at a time, shortest first, so
     that a length it cannot run (time, memory) costs only that length and the longer ones."""
     if kind != FULL:
         out = run / "eval-babilong"
-        steps.check(eval_command(run, lengths, args, preset, tasks, out), out, stamp, env=True)
+        steps.check(eval_command(run, lengths, args, preset, tasks, out), out, stamp, env=True, log=log)
         return read_rows(out / "babilong.json"), {}
     cells: dict = {}
     not_run: dict[str, str] = {}
@@ -149,7 +163,7 @@ def evaluate(steps: Steps, kind: str, run: Path, stamp: str, lengths: list[int],
                               f"{args.preset} profile (its cost grows with the square of the length)")
         else:
             out = run / "eval-babilong" / label
-            _, reason = steps.run(eval_command(run, [length], args, preset, tasks, out), out, stamp, env=True)
+            _, reason = steps.run(eval_command(run, [length], args, preset, tasks, out), out, stamp, env=True, log=log)
             if reason:
                 failed, not_run[label] = label, f"failed: {reason}"
             else:
@@ -215,16 +229,40 @@ def markdown(record: dict) -> str:
         table(f"average over {', '.join(tasks)}", mean)
         if paper_label in labels and all(t in PAPER["accuracy"] for t in tasks):
             lines.append(row(f"{PAPER['model']}, same tasks", {paper_label: sum(PAPER["accuracy"][t] for t in tasks) / len(tasks)}))
+    if len(record["seeds"]) > 1:
+        lines += seed_spread(record)
     if notes:
         lines.append("")
         lines += [f"{mark} {reason}" for reason, mark in notes.items()]
+    if record.get("failed"):
+        lines += ["", *(f"{name} failed: {why}" for name, why in record["failed"].items())]
     return "\n".join(lines) + "\n"
+
+
+def seed_spread(record: dict) -> list[str]:
+    """Per task, each kind's accuracy by length as mean ± standard deviation over its seeds (and their range)."""
+    by_kind: dict[str, list[dict]] = {}
+    for name, r in record["kinds"].items():
+        by_kind.setdefault(name.split(" seed ")[0], []).append(r)
+    lines = []
+    for task in record["tasks"]:
+        lines += ["", f"**{task} over seeds {record['seeds']}: mean ± standard deviation (min–max)**", "",
+                  "| kind | seeds | " + " | ".join(record["lengths"]) + " |", "|---" * (len(record["lengths"]) + 2) + "|"]
+        for kind, rs in by_kind.items():
+            cells = []
+            for label in record["lengths"]:
+                xs = [100 * a for r in rs if (a := r["accuracy"].get(task, {}).get(label, {}).get("accuracy")) is not None]
+                sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+                cells.append(f"{statistics.mean(xs):.1f} ± {sd:.1f} ({min(xs):.0f}–{max(xs):.0f})" if xs else "—")
+            lines.append(f"| {kind} | {len(rs)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=PRESETS, default="cpu", help="cpu: a tiny model, ~40 min on 2 cores; gpu: "
-                        "~28-35M parameters, segments of 512, bf16 (default: cpu)")
+                        "~28-35M parameters, segments of 512, bf16; ladder-gpu: qa1 at 0k in segments of 16 (issue 14's "
+                        "rungs 1-2), trained on generated stories (default: cpu)")
     parser.add_argument("--tasks", nargs="+", metavar="qaN", help="bAbI tasks (default: cpu qa1; gpu qa1 qa2 qa4 qa5; "
                         f"{BABI} has no qa3)")
     parser.add_argument("--lengths", nargs="+", metavar="LEN", help="evaluated lengths (default: 0k 1k 2k 4k 8k 16k 32k)")
@@ -239,12 +277,17 @@ def main() -> None:
     parser.add_argument("--runs", help="one run directory per kind here (default: runs/babilong-results-PRESET)")
     parser.add_argument("--out", help="the JSON record (default: benchmarks/out/babilong_results-PRESET.json)")
     parser.add_argument("--markdown", help="also write the tables here (they are printed anyway)")
+    parser.add_argument("--data-only", action="store_true", help="build the tokenizer and samples, then stop")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="train.seed of each kind's runs; tables then give "
+                        "each seed and the mean ± standard deviation over them (default: 0)")
+    parser.add_argument("--parallel", type=int, default=1, help="runs trained side by side, each logging to RUNS/<run>.log "
+                        "(default: 1)")
     parser.add_argument("overrides", nargs="*", help="config overrides for every training run, e.g. "
                         "train.max_tokens=400000000 (after `--` when they follow --tasks, --lengths or --kinds)")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
-    if args.preset == "gpu" and not torch.cuda.is_available():
-        raise SystemExit("--preset gpu: no CUDA device is visible")
+    if args.preset != "cpu" and not args.data_only and not torch.cuda.is_available():
+        raise SystemExit(f"--preset {args.preset}: no CUDA device is visible")
     tasks = args.tasks or list(preset.tasks)
     lengths = sorted({parse_length(x) for x in args.lengths or [*preset.lengths, *(preset.long if args.long else ())]})
     data = Path(args.data or f"data/babilong-results-{args.preset}")
@@ -253,28 +296,47 @@ def main() -> None:
     steps = Steps({"OMP_NUM_THREADS": str(preset.eval_threads)} if preset.eval_threads else {})
     started = time.perf_counter()
 
-    tok, samples = data / "tok", data / "babilong"
+    tok, samples, stories = data / "tok", data / "babilong", BABI
     stamp = steps.check(["l2m", "data", "tokenizer", "--input", TEXT, BABI, "--vocab-size", str(preset.vocab), "--out", str(tok)], tok)
-    stamp = steps.check(["l2m", "data", "babilong", "--babi-dir", BABI, "--tasks", *tasks, "--haystack", TEXT, "--lengths",
+    if preset.generated:  # training stories from the generator; evaluation keeps the real held-out ones
+        stories = str(data / "babi-generated")
+        stamp = steps.check(["l2m", "data", "babi-generate", "--tasks", *tasks, "--stories", str(preset.generated),
+                             "--out", stories], Path(stories), stamp)
+    stamp = steps.check(["l2m", "data", "babilong", "--babi-dir", stories, "--tasks", *tasks, "--haystack", TEXT, "--lengths",
                          *preset.train_lengths, "--samples", str(preset.train_samples), "--val-samples", str(preset.val_samples),
                          "--holdout", str(args.holdout), "--tokenizer", str(tok), "--out", str(samples)], samples, stamp)
-    kinds = {}
-    for kind in args.kinds:
-        run = runs / kind.replace("+", "-")
-        train = ["l2m", "train", "--config", preset.config, *kind_overrides(kind, args.rec, args.ret), f"data.qa.path={samples}",
-                 f"run.root={runs}", f"run.name={run.name}", *args.overrides]
-        trained = steps.check(train, run, stamp, keep=True)
-        cells, not_run = evaluate(steps, kind, run, trained, lengths, args, preset, tasks)
-        kinds[kind] = {"run": str(run), "train": json.loads((run / "result.json").read_text()), "accuracy": cells, "not_run": not_run}
-
+    if args.data_only:
+        return
     record = {"machine": machine(torch.device("cuda" if torch.cuda.is_available() else "cpu")), "torch": torch.__version__,
               "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "command": shlex.join(["python", *sys.argv]), "preset": args.preset, "tasks": tasks,
               "lengths": [length_label(n) for n in lengths], "samples": args.samples or preset.samples, "holdout": args.holdout,
-              "wall_seconds": round(time.perf_counter() - started), "steps": steps.log, "chance": chance(tasks),
-              "paper": PAPER, "kinds": kinds}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1) + "\n")
+              "seeds": args.seeds, "steps": steps.log, "chance": chance(tasks), "paper": PAPER, "kinds": {}, "failed": {}}
+
+    def train_and_evaluate(kind: str, seed: int) -> dict:
+        run = runs / (kind.replace("+", "-") + (f"-seed{seed}" if seed else ""))
+        log = runs / f"{run.name}.log" if args.parallel > 1 else None
+        train = ["l2m", "train", "--config", preset.config, *kind_overrides(kind, args.rec, args.ret), f"data.qa.path={samples}",
+                 f"run.root={runs}", f"run.name={run.name}", *([f"train.seed={seed}"] if seed else []), *args.overrides]
+        trained = steps.check(train, run, stamp, keep=True, log=log)
+        cells, not_run = evaluate(steps, kind, run, trained, lengths, args, preset, tasks, log)
+        return {"run": str(run), "seed": seed, "train": json.loads((run / "result.json").read_text()), "accuracy": cells,
+                "not_run": not_run}
+
+    runs.mkdir(parents=True, exist_ok=True)
+    jobs = {(kind, seed): f"{kind} seed {seed}" if len(args.seeds) > 1 else kind for kind in args.kinds for seed in args.seeds}
+    with ThreadPoolExecutor(args.parallel) as pool:  # side by side: small models leave most of a GPU idle
+        futures = {pool.submit(train_and_evaluate, *job): name for job, name in jobs.items()}
+        for future in as_completed(futures):
+            try:
+                record["kinds"][futures[future]] = future.result()
+            except SystemExit as failure:  # one run failing leaves the others' results
+                record["failed"][futures[future]] = str(failure)
+                print(failure, file=sys.stderr)
+            record["kinds"] = {name: record["kinds"][name] for name in jobs.values() if name in record["kinds"]}
+            record["wall_seconds"] = round(time.perf_counter() - started)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(record, indent=1) + "\n")  # after every run: an interrupted command keeps what it did
     table = markdown(record)
     print(table)
     if args.markdown:
