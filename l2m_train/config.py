@@ -164,6 +164,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
     compare_baseline: bool = False  # also train segment-local `none` on the same budget and compare
+    init_from: str = ""  # a run, checkpoint or export directory: a fresh run starts from its weights (train/init_from.py)
     peak_tflops: float = 0.0  # per device, for MFU; 0 = Lightning's figure for known GPUs (none for CPUs: no MFU)
 
 
@@ -348,6 +349,9 @@ def validate(cfg: Config) -> None:
                                                                    "train.devices must be > 0"),
         (min(t.val_every_steps, t.log_every_steps) > 0, "train.val_every_steps and train.log_every_steps must be > 0"),
         (t.max_tokens > 0 and t.threads >= 0, "train.max_tokens must be > 0 and train.threads >= 0"),
+        (not (t.init_from and t.compare_baseline and mem.kind != "none"),
+         "train.compare_baseline trains a model without memory, which cannot start from train.init_from's weights: "
+         "set train.compare_baseline=false"),
         (t.accelerator in ("auto", "cpu", "gpu", "cuda"), f"train.accelerator must be auto, cpu or gpu, got '{t.accelerator}'"),
         (t.precision in ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"), f"unsupported train.precision '{t.precision}'"),
         (o.lr > 0 and o.warmup_tokens >= 0 and o.weight_decay >= 0, "optim.lr must be > 0, warmup_tokens and weight_decay >= 0"),

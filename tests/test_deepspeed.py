@@ -104,3 +104,17 @@ def test_saved_on_two_ranks_resumed_on_one_through_the_universal_form(uninterrup
     # From fresh moments every tensor ends at least 4e-3 away (measured by resuming without the optimizer state).
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
+
+
+def test_a_zero3_run_starts_from_the_weights_of_a_zero2_checkpoint(uninterrupted):
+    """train.init_from consolidates ZeRO shards as `l2m ckpt export` does, and its weights survive ZeRO-3's partitioning."""
+    root = uninterrupted
+    source = root / "runs" / "zero2" / "checkpoints" / "step-00000006"
+    # One step at a learning rate that moves no weight by more than ~1e-9: what it saves is what it started from.
+    train(root, "fine-tuned", "train.deepspeed.stage=3", f"train.init_from={source}", "train.max_tokens=384", "optim.lr=1e-9")
+    tuned = root / "runs" / "fine-tuned" / "checkpoints" / "step-00000001"
+    assert read_state(tuned)["init_from"]["source"] == str(source)
+    a, b = weights(source, root / "export-source"), weights(tuned, root / "export-fine-tuned")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)

@@ -9,9 +9,15 @@ examples:
   l2m train --config my.yaml --print-config        check a config without training
   l2m train --config babilong-curriculum           a built-in experiment (conf/experiment/); see its header
   l2m train train.devices=2 train.strategy=deepspeed train.deepspeed.stage=3     ZeRO-3 on 2 devices
+  l2m train --config qa.yaml train.init_from=runs/books run.name=qa   fine-tune the latest weights of runs/books
 
 An existing run directory resumes from its latest complete checkpoint (after SIGUSR1 or SIGTERM, training saves
 one at the next step and stops). A resume with another model, data or tokenizer is refused.
+
+train.init_from (a run directory, a checkpoint directory or an `l2m ckpt export`) starts a fresh run from those
+weights, with a fresh optimizer, learning-rate schedule and data position. The model must be the same, on the same
+tokenizer; only model.segment_len, attention, rope_base, activation_checkpointing, memory.bptt_segments and
+memory.forget_bias may differ. A run directory that already holds a checkpoint resumes from it instead.
 """
 from __future__ import annotations
 

@@ -71,6 +71,13 @@ def resolve(path: str | Path) -> Path:
                           "a run directory, or an export")
 
 
+def weights_path(path: str | Path) -> Path:
+    """Where a model's weights are read from: an export or a Lightning .ckpt file as given, else the checkpoint
+    `resolve` finds (a run directory's latest)."""
+    path = Path(path)
+    return path if path.is_file() or (path / WEIGHTS).is_file() else resolve(path)
+
+
 def read_state(checkpoint: Path) -> dict:
     try:
         return json.loads((checkpoint / STATE).read_text())
@@ -80,16 +87,15 @@ def read_state(checkpoint: Path) -> dict:
 
 def load_model(path: str | Path) -> tuple[MemoryDecoder, Config, TextTokenizer]:
     """The model, its config and tokenizer from an export, a checkpoint or run directory, or a Lightning .ckpt file."""
-    path = Path(path)
+    path = weights_path(path)
     if path.is_file():
         return _from_lightning_file(path)
     if (path / WEIGHTS).is_file():
         return _from_export(path)
-    checkpoint = resolve(path)
-    if read_state(checkpoint)["strategy"] == "deepspeed":
-        raise CheckpointError(f"{checkpoint} holds DeepSpeed ZeRO shards: consolidate them with `l2m ckpt export "
-                              f"{checkpoint} --out DIR` and use DIR")
-    return _from_lightning_file(checkpoint / LIGHTNING)
+    if read_state(path)["strategy"] == "deepspeed":
+        raise CheckpointError(f"{path} holds DeepSpeed ZeRO shards: consolidate them with `l2m ckpt export "
+                              f"{path} --out DIR` and use DIR")
+    return _from_lightning_file(path / LIGHTNING)
 
 
 def _from_export(path: Path) -> tuple[MemoryDecoder, Config, TextTokenizer]:

@@ -34,8 +34,10 @@ class Preempted(Exception):
 
 
 class Checkpointing(Checkpoint):
-    def __init__(self, cfg: Config, run_dir: Path, resumed_from: Path | None, wandb_run_id: str | None):
+    def __init__(self, cfg: Config, run_dir: Path, resumed_from: Path | None, wandb_run_id: str | None,
+                 init_from: dict[str, str] | None):
         self.cfg, self.dir, self.resumed_from, self.wandb_run_id = cfg, run_dir / CHECKPOINTS, resumed_from, wandb_run_id
+        self.init_from = init_from  # the train state's record of where the first weights came from
         self.signal: int | None = None  # a preemption signal received by this process
         self.preempted: Preempted | None = None
         self._previous_handlers: dict[int, object] = {}
@@ -105,7 +107,8 @@ class Checkpointing(Checkpoint):
         trainer.strategy.barrier("checkpoint-written")
         if trainer.is_global_zero:
             data = trainer.datamodule
-            publish_text(partial / STATE, json.dumps(train_state(self.cfg, data, trainer.global_step, self.wandb_run_id), indent=1))
+            state = train_state(self.cfg, data, trainer.global_step, self.wandb_run_id, self.init_from)
+            publish_text(partial / STATE, json.dumps(state, indent=1))
             data.tokenizer.save(partial)
             publish_text(partial / COMPLETE, "")
             os.rename(partial, final)

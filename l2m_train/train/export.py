@@ -8,27 +8,42 @@ from pathlib import Path
 
 from safetensors.torch import save_model
 
-from l2m_train.config import ConfigError, from_dict, to_yaml
+from l2m_train.config import Config, ConfigError, from_dict, to_yaml
 from l2m_train.data import DataError
 from l2m_train.data.tokenizer import TextTokenizer
 from l2m_train.io import publish_dir, publish_text
-from l2m_train.train.checkpoint import CONFIG, LIGHTNING, WEIGHTS, CheckpointError, load_model, model_from_weights, read_state, resolve
+from l2m_train.model import MemoryDecoder
+from l2m_train.train.checkpoint import (
+    CONFIG,
+    LIGHTNING,
+    WEIGHTS,
+    CheckpointError,
+    is_complete,
+    load_model,
+    model_from_weights,
+    read_state,
+    weights_path,
+)
 
 
 def export(source: str | Path, out: str | Path) -> Path:
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose another --out or remove it")
-    source = Path(source)
-    if source.is_file() or read_state(resolve(source))["strategy"] != "deepspeed":
-        model, cfg, tokenizer = load_model(source)  # the weights are whole in a single-device or DDP checkpoint
-    else:
-        model, cfg, tokenizer = _consolidate(resolve(source))
+    model, cfg, tokenizer = load_whole(source)
     with publish_dir(out) as tmp:
         save_model(model, str(tmp / WEIGHTS))  # stores tied weights once
         publish_text(tmp / CONFIG, to_yaml(cfg))
         tokenizer.save(tmp)
     return out
+
+
+def load_whole(source: str | Path) -> tuple[MemoryDecoder, Config, TextTokenizer]:
+    """`load_model` for any checkpoint or export, ZeRO shards included (consolidated)."""
+    path = weights_path(source)
+    if is_complete(path) and read_state(path)["strategy"] == "deepspeed":
+        return _consolidate(path)
+    return load_model(path)  # the weights are whole in an export, or a single-device or DDP checkpoint
 
 
 def _consolidate(checkpoint: Path):

@@ -21,6 +21,7 @@ from l2m_train.data.module import DataPosition, TrainingData
 from l2m_train.io import publish_text
 from l2m_train.train.checkpoint import CONFIG, LIGHTNING, UNIVERSAL, latest_checkpoint, read_state
 from l2m_train.train.checkpointing import Checkpointing
+from l2m_train.train.init_from import InitWeights, keep_on_resume, load_init
 from l2m_train.train.module import LM2Module, val_prefix
 from l2m_train.train.state import check_resume, config_dict
 from l2m_train.train.strategy import DeepSpeedSupport, build_strategy, on_gpu, strategy_name
@@ -57,11 +58,13 @@ class PlannedRun:
     checkpointing: Checkpointing
     resume_from: Path | None  # what trainer.fit restores: a checkpoint's Lightning part, or its universal form
     tracker: Tracker
+    init: InitWeights | None  # train.init_from's weights, for a fresh run
 
 
 def plan(cfg: Config, plugins: Sequence[object] = ()) -> PlannedRun:
     """Everything a run needs, built and checked before anything touches the disk. An existing run directory
-    resumes from its latest complete checkpoint, after checks that it continues the same model on the same data.
+    resumes from its latest complete checkpoint, after checks that it continues the same model on the same data; a
+    fresh one starts from train.init_from's weights, when set, after checks that they fit.
 
     `plugins` go to the Trainer, e.g. the cluster environment the command runs in.
     Raises ConfigError, DataError or FileExistsError, so bad input leaves nothing behind.
@@ -79,15 +82,19 @@ def plan(cfg: Config, plugins: Sequence[object] = ()) -> PlannedRun:
                           f"tokens of the data's tokenizer")
     state = None if checkpoint is None else read_state(checkpoint)
     universal = state is not None and check_resume(state, cfg, data, checkpoint)
+    if state is not None:
+        cfg = keep_on_resume(cfg, state, checkpoint)
+    init = load_init(cfg, data.tokenizer) if state is None and cfg.train.init_from else None
     steps = max(1, cfg.train.max_tokens // cfg.tokens_per_step)
     tracker = Tracker(cfg, run_dir, None if state is None else state.get("wandb_run_id"))
-    checkpointing = Checkpointing(cfg, run_dir, checkpoint, tracker.run_id)
+    init_record = init.record if init is not None else (state or {}).get("init_from")  # a resume keeps the run's own
+    checkpointing = Checkpointing(cfg, run_dir, checkpoint, tracker.run_id, init_record)
     try:
         trainer = _trainer(cfg, run_dir, steps, checkpointing, universal, list(plugins))
     except (MisconfigurationException, ValueError) as err:  # e.g. a GPU asked for on a machine without one
         raise ConfigError(f"train: {str(err).splitlines()[0]}") from None
     resume_from = None if checkpoint is None else checkpoint / (UNIVERSAL if universal else LIGHTNING)
-    return PlannedRun(cfg, run_dir, data, trainer, checkpointing, resume_from, tracker)
+    return PlannedRun(cfg, run_dir, data, trainer, checkpointing, resume_from, tracker, init)
 
 
 def _trainer(cfg: Config, run_dir: Path, steps: int, checkpointing: Checkpointing, universal: bool, plugins: list) -> L.Trainer:
@@ -140,6 +147,9 @@ def execute(run: PlannedRun) -> RunResult:
         torch.set_num_threads(cfg.train.threads)
     L.seed_everything(cfg.train.seed, verbose=False)
     module = LM2Module(config_dict(cfg))
+    if run.init is not None:
+        module.model.load_state_dict(run.init.weights)
+        run.init.weights = {}  # every rank holds them whole: free them before training
     params = sum(p.numel() for p in module.model.parameters())  # counted now: ZeRO-3 partitions them
     started = time.perf_counter()
     trainer.fit(module, datamodule=run.data, ckpt_path=run.resume_from)

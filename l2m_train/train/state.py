@@ -23,7 +23,8 @@ def config_dict(cfg: Config) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(cfg))
 
 
-def train_state(cfg: Config, data: TrainingData, step: int, wandb_run_id: str | None) -> dict[str, Any]:
+def train_state(cfg: Config, data: TrainingData, step: int, wandb_run_id: str | None,
+                init_from: dict[str, str] | None) -> dict[str, Any]:
     """What a checkpoint at `step` records beside the weights and the optimizer (written by rank 0)."""
     config = config_dict(cfg)
     return {
@@ -35,6 +36,7 @@ def train_state(cfg: Config, data: TrainingData, step: int, wandb_run_id: str | 
         "strategy": strategy_name(cfg),
         "zero_stage": cfg.train.deepspeed.stage if strategy_name(cfg) == "deepspeed" else None,
         "wandb_run_id": wandb_run_id,  # a resumed run continues this W&B run
+        "init_from": init_from,  # where the run's first weights came from (train.init_from): source and fingerprint
         "hashes": {"config": json_fingerprint(config), "model": json_fingerprint(config["model"]),
                    "data": data.fingerprints},  # data.fingerprints holds the tokenizer's and each source's manifest
         "config": config,
@@ -45,7 +47,7 @@ def check_resume(state: dict[str, Any], cfg: Config, data: TrainingData, checkpo
     """Refuse, naming the difference, a resume with another model or data; True when it needs the universal form."""
     config = config_dict(cfg)
     if json_fingerprint(config["model"]) != state["hashes"]["model"]:
-        changed = ", ".join(_differences(state["config"]["model"], config["model"], "model")[:4])
+        changed = ", ".join(config_differences(state["config"]["model"], config["model"], "model")[:4])
         raise ConfigError(f"{checkpoint} was trained with another model config ({changed}): resume with the same "
                           f"model, or choose a new run.name")
     data.check_fingerprints(state["hashes"]["data"])
@@ -64,9 +66,9 @@ def check_resume(state: dict[str, Any], cfg: Config, data: TrainingData, checkpo
     return reshaped
 
 
-def _differences(saved: Any, now: Any, key: str) -> list[str]:
+def config_differences(saved: Any, now: Any, key: str) -> list[str]:
     if isinstance(saved, dict) and isinstance(now, dict):
-        return [d for k in sorted(set(saved) | set(now)) for d in _differences(saved.get(k), now.get(k), f"{key}.{k}")]
+        return [d for k in sorted(set(saved) | set(now)) for d in config_differences(saved.get(k), now.get(k), f"{key}.{k}")]
     return [] if saved == now else [f"{key}: {saved} in the checkpoint, {now} now"]
 
 
