@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from l2m_train.data_pipelines.pack import pack
 from l2m_train.train.checkpoint import load_model, read_state, resolve
 from l2m_train.train.checkpointing import Preempted
 from l2m_train.train.export import export
+from l2m_train.train.lock import RunInUse, run_lock
 from l2m_train.train.run import execute, plan
 from l2m_train.train.state import config_dict
 
@@ -189,6 +191,24 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over_but_a_finished_one
     (tmp_path / "s" / "result.json").write_text("{}")  # e.g. from a version that kept checkpoints/last.ckpt
     with pytest.raises(FileExistsError, match="finished run but no checkpoint"):
         plan(cfg)
+
+
+def test_a_second_train_in_a_busy_run_directory_is_refused_and_a_killed_one_leaves_no_lock(tmp_path):
+    args = overrides(tmp_path, "busy", "train.max_tokens=100000000", "checkpoint.every_steps=1000000")  # until killed
+    first = subprocess.Popen([L2M, "train", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        started = time.monotonic()
+        while not (tmp_path / "busy" / "config.yaml").is_file():  # written once the run holds its directory
+            assert first.poll() is None and time.monotonic() - started < 300, first.stderr.read()[-2000:]
+            time.sleep(0.2)
+        with pytest.raises(RunInUse, match=f"is in use by another `l2m train` \\(pid {first.pid} on "):
+            execute(plan(load_config(None, args)))
+        assert first.poll() is None  # the first one trains on
+    finally:
+        first.kill()  # a crash: the lock goes with the process
+        first.wait()
+    with run_lock(tmp_path / "busy"):  # what the next `l2m train` (e.g. a requeued job) takes first
+        pass
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import signal
 import time
 import warnings
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from l2m_train.data.module import DataPosition, TrainingData
 from l2m_train.io import publish_text
 from l2m_train.train.checkpoint import CONFIG, LIGHTNING, UNIVERSAL, latest_checkpoint, read_state
 from l2m_train.train.checkpointing import Checkpointing
+from l2m_train.train.lock import LOCK, run_lock
 from l2m_train.train.module import LM2Module, val_prefix
 from l2m_train.train.state import check_resume, config_dict
 from l2m_train.train.strategy import DeepSpeedSupport, build_strategy, on_gpu, strategy_name
@@ -67,7 +69,7 @@ def plan(cfg: Config, plugins: Sequence[object] = ()) -> PlannedRun:
     Raises ConfigError, DataError or FileExistsError, so bad input leaves nothing behind.
     """
     run_dir = Path(cfg.run.root) / cfg.run.name
-    if run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / CONFIG).is_file():
+    if run_dir.exists() and any(p.name != LOCK for p in run_dir.iterdir()) and not (run_dir / CONFIG).is_file():
         raise FileExistsError(f"{run_dir} exists and is not a run directory (no {CONFIG}); choose another run.name=… or remove it")
     checkpoint = latest_checkpoint(run_dir)  # every rank finds the same one: none is written before all have started
     if checkpoint is None and (run_dir / "result.json").is_file():  # e.g. a run from before checkpoints/step-N
@@ -125,12 +127,16 @@ def _trainer(cfg: Config, run_dir: Path, steps: int, checkpointing: Checkpointin
 def execute(run: PlannedRun) -> RunResult:
     """Create the run directory, write the resolved config, train (or resume), validate, and write result.json.
 
-    Raises Preempted when a signal stopped training early, after its checkpoint (the process should then exit: it
-    ignores SIGTERM from there on).
+    Raises RunInUse, before writing anything, when another process trains in the run directory; Preempted when a signal
+    stopped training early, after its checkpoint (the process should then exit: it ignores SIGTERM from there on).
     """
+    with run_lock(run.run_dir) if rank_zero_only.rank == 0 else nullcontext():  # launched ranks run this too
+        return _train(run)
+
+
+def _train(run: PlannedRun) -> RunResult:
     cfg, run_dir, trainer = run.cfg, run.run_dir, run.trainer
-    if rank_zero_only.rank == 0:  # launched ranks run this too
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if rank_zero_only.rank == 0:
         publish_text(run_dir / CONFIG, to_yaml(cfg))
         run.data.tokenizer.save(run_dir)
         if logger := run.tracker.start(config_dict(cfg)):
