@@ -17,7 +17,7 @@ from l2m_train.config import ConfigError, load_config
 from l2m_train.data import DataError, json_fingerprint
 from l2m_train.data.tokenizer import TextTokenizer
 from l2m_train.data_pipelines.pack import pack
-from l2m_train.train.checkpoint import load_model, read_state, resolve
+from l2m_train.train.checkpoint import CheckpointError, load_model, read_state, resolve
 from l2m_train.train.checkpointing import Preempted
 from l2m_train.train.export import export
 from l2m_train.train.lock import RunInUse, run_lock
@@ -181,6 +181,31 @@ def test_a_write_killed_midway_leaves_the_last_checkpoint_and_resume_picks_it(tm
     assert execute(run).steps == STEPS
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-00000008", "step-00000009"]
     assert (run_dir / "logs" / "resume-step-00000002" / "metrics.csv").is_file()
+
+
+def test_resume_passes_over_a_damaged_newest_checkpoint_names_it_and_keeps_it(tmp_path, capsys):
+    cfg = tiny(tmp_path, "d", "checkpoint.every_steps=3")
+    execute(plan(cfg))
+    checkpoints = tmp_path / "d" / "checkpoints"
+    newest = checkpoints / "step-00000009" / "lightning.ckpt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # e.g. a copy cut short
+    run = plan(cfg)
+    assert run.resume_from == checkpoints / "step-00000006" / "lightning.ckpt"
+    capsys.readouterr()
+    assert execute(run).steps == STEPS
+    said = capsys.readouterr().err
+    assert f"{newest} is truncated or damaged (1,000 bytes: " in said and "resuming from " in said
+    kept = [p for p in checkpoints.iterdir() if p.name.startswith("step-00000009.unreadable-")]
+    assert len(kept) == 1 and (kept[0] / "lightning.ckpt").stat().st_size == 1000  # left for inspection
+    assert sorted(p.name for p in checkpoints.iterdir() if p not in kept) == ["step-00000006", "step-00000009"]
+
+    newest.write_bytes(b"")  # the new step 9, empty
+    assert plan(cfg).resume_from == checkpoints / "step-00000006" / "lightning.ckpt"
+    with pytest.raises(CheckpointError, match="is not a readable checkpoint: EOFError"):
+        load_model(newest.parent)
+    (checkpoints / "step-00000006" / "state.json").write_text("{")
+    with pytest.raises(CheckpointError, match="no checkpoint in .* can be resumed from: .*step-00000009.*\\(0 bytes"):
+        plan(cfg)
 
 
 def test_a_run_killed_before_its_first_checkpoint_starts_over_but_a_finished_one_without_is_refused(tmp_path):
