@@ -19,6 +19,7 @@ from l2m_train.data.tokenizer import TextTokenizer
 from l2m_train.data_pipelines.pack import pack
 from l2m_train.train.checkpoint import CheckpointError, load_model, read_state, resolve
 from l2m_train.train.checkpointing import Preempted
+from l2m_train.train.divergence import Diverged
 from l2m_train.train.export import export
 from l2m_train.train.lock import RunInUse, run_lock
 from l2m_train.train.run import execute, plan
@@ -206,6 +207,20 @@ def test_resume_passes_over_a_damaged_newest_checkpoint_names_it_and_keeps_it(tm
     (checkpoints / "step-00000006" / "state.json").write_text("{")
     with pytest.raises(CheckpointError, match="no checkpoint in .* can be resumed from: .*step-00000009.*\\(0 bytes"):
         plan(cfg)
+
+
+def test_a_diverging_run_stops_and_never_saves_non_finite_weights(tmp_path):
+    blowup = ["optim.lr=1e30", "train.max_nonfinite_steps=3"]  # finite, but the weights overflow within two steps
+    with pytest.raises(Diverged, match="the training loss was not finite for 3 steps in a row .* no checkpoint was saved"):
+        execute(plan(tiny(tmp_path, "nan", *blowup)))
+    assert not (tmp_path / "nan" / "checkpoints").exists() and not (tmp_path / "nan" / "result.json").exists()
+
+    out = l2m("train", *overrides(tmp_path, "saving", *blowup, "checkpoint.every_steps=1"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "the weights are not finite, so they were not saved; the newest checkpoint, " in out.stderr
+    newest = resolve(tmp_path / "saving")
+    assert all(torch.isfinite(w).all() for w in weights(newest).values()) and f"{newest}, holds finite" in out.stderr
+    assert read_state(newest)["step"] < STEPS and not (tmp_path / "saving" / "result.json").exists()
 
 
 def test_a_run_killed_before_its_first_checkpoint_starts_over_but_a_finished_one_without_is_refused(tmp_path):

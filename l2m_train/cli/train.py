@@ -11,7 +11,9 @@ examples:
   l2m train train.devices=2 train.strategy=deepspeed train.deepspeed.stage=3     ZeRO-3 on 2 devices
 
 An existing run directory resumes from its latest complete checkpoint (after SIGUSR1 or SIGTERM, training saves
-one at the next step and stops). A resume with another model, data or tokenizer is refused.
+one at the next step and stops), passing over a damaged one. A resume with another model, data or tokenizer is
+refused. A run whose loss stays nan or inf for train.max_nonfinite_steps steps stops with exit code 1; it never
+saves non-finite weights.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from l2m_train.cli.summary import print_summary
     from l2m_train.slurm.environment import cluster_plugins
     from l2m_train.train.checkpointing import Preempted
+    from l2m_train.train.divergence import Diverged
     from l2m_train.train.run import baseline_config, execute, plan
 
     configs = [cfg]
@@ -54,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
     except Preempted as stop:
         print(f"l2m train: {stop}", file=sys.stderr)
         return 128 + stop.signum  # the shell's convention for a process ended by a signal
+    except Diverged as stop:
+        if rank_zero_only.rank == 0:
+            print(f"l2m train: {stop}", file=sys.stderr)
+        return 1
     finally:  # a gloo process group left to interpreter exit can abort the process ("terminate called …")
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -24,6 +24,7 @@ from l2m_train.data.module import DataPosition, TrainingData
 from l2m_train.io import publish_text
 from l2m_train.train.checkpoint import CONFIG, LIGHTNING, UNIVERSAL, CheckpointError, newest_resumable, read_state
 from l2m_train.train.checkpointing import Checkpointing
+from l2m_train.train.divergence import Diverged, NonFiniteLoss
 from l2m_train.train.lock import LOCK, run_lock
 from l2m_train.train.module import LM2Module, val_prefix
 from l2m_train.train.state import check_resume, config_dict
@@ -106,7 +107,8 @@ def _trainer(cfg: Config, run_dir: Path, steps: int, checkpointing: Checkpointin
     t = cfg.train
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu(cfg) else "32-true")
     resumed = checkpointing.resumed_from
-    callbacks = [checkpointing, Throughput(t.peak_tflops), DataPosition()]  # Lightning runs checkpoint callbacks last
+    callbacks = [checkpointing, Throughput(t.peak_tflops), DataPosition(),  # Lightning runs checkpoint callbacks last
+                 NonFiniteLoss(t.max_nonfinite_steps, checkpointing.dir)]
     if strategy_name(cfg) == "deepspeed":
         callbacks.append(DeepSpeedSupport())
     return L.Trainer(
@@ -136,7 +138,8 @@ def execute(run: PlannedRun) -> RunResult:
     """Create the run directory, write the resolved config, train (or resume), validate, and write result.json.
 
     Raises RunInUse, before writing anything, when another process trains in the run directory; Preempted when a signal
-    stopped training early, after its checkpoint (the process should then exit: it ignores SIGTERM from there on).
+    stopped training early, after its checkpoint (the process should then exit: it ignores SIGTERM from there on);
+    Diverged when training stopped on non-finite numbers.
     """
     with run_lock(run.run_dir) if rank_zero_only.rank == 0 else nullcontext():  # launched ranks run this too
         return _train(run)
@@ -161,7 +164,11 @@ def _train(run: PlannedRun) -> RunResult:
     module = LM2Module(config_dict(cfg))
     params = sum(p.numel() for p in module.model.parameters())  # counted now: ZeRO-3 partitions them
     started = time.perf_counter()
-    trainer.fit(module, datamodule=run.data, ckpt_path=run.resume_from)
+    try:
+        trainer.fit(module, datamodule=run.data, ckpt_path=run.resume_from)
+    except Diverged:
+        run.tracker.finish(exit_code=1)
+        raise
     seconds = time.perf_counter() - started
     if (stop := run.checkpointing.preempted) is not None:
         # Saved; leaving with 128 + signal, which a job script reads. A launcher may terminate the other ranks when the
