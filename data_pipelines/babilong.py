@@ -18,6 +18,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from rich.progress import track
@@ -25,6 +26,7 @@ from rich.progress import track
 from l2m_train.data import DataError, json_fingerprint
 from l2m_train.data.tokenizer import TextTokenizer
 from l2m_train.data_pipelines.babi import Question, read_babi_dir
+from l2m_train.data_pipelines.files import manifest_of
 from l2m_train.data_pipelines.haystack import Haystack
 from l2m_train.io import publish_dir, publish_text
 
@@ -139,34 +141,38 @@ def build(babi_dir: str, haystack_paths: list[str], lengths: list[int], tasks: l
     """Build train and validation splits and publish them (with manifest.json and tokenizer.json) at `out`."""
     import datasets  # heavy: only this command needs it
 
-    started = time.perf_counter()
-    stories = read_babi_dir(babi_dir, tasks, babi_split)
-    haystack = Haystack(haystack_paths, tokenizer) if any(lengths) else None
-    parts = {task: held_out(qs, holdout) for task, qs in stories.items()}
-    digest = hashlib.sha256()
-    splits, skipped = {}, {}
-    for index, (name, n) in enumerate((("train", samples), ("validation", val_samples))):
-        questions = {task: part[index] for task, part in parts.items() if part[index]}
-        columns, skipped[name] = build_split(questions, lengths, n, haystack, tokenizer, seed, index, digest)
-        splits[name] = datasets.Dataset.from_dict(columns)
-    manifest = {
-        "format": 1, "kind": "babilong",
-        "tokenizer": {"fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id},
-        "babi_dir": str(babi_dir), "babi_split": babi_split, "tasks": sorted(stories), "lengths": lengths,
-        "haystack": [str(p) for p in haystack.files] if haystack else [], "samples": samples,
-        "val_samples": val_samples, "holdout": holdout, "seed": seed,
-        "counts": {name: len(split) for name, split in splits.items()},
-        "tokens": {name: int(sum(split["tokens"])) for name, split in splits.items()},
-        "skipped_questions": skipped,  # per split, task/length: questions too long for that length
-        "content_sha256": digest.hexdigest(),
-    }
-    manifest["fingerprint"] = json_fingerprint(manifest)
-    manifest["seconds"] = round(time.perf_counter() - started, 2)
-    with publish_dir(out) as tmp:
+    with publish_dir(out, replaces=_is_babilong_output, inputs=[babi_dir, *haystack_paths]) as tmp:
+        started = time.perf_counter()
+        stories = read_babi_dir(babi_dir, tasks, babi_split)
+        haystack = Haystack(haystack_paths, tokenizer) if any(lengths) else None
+        parts = {task: held_out(qs, holdout) for task, qs in stories.items()}
+        digest = hashlib.sha256()
+        splits, skipped = {}, {}
+        for index, (name, n) in enumerate((("train", samples), ("validation", val_samples))):
+            questions = {task: part[index] for task, part in parts.items() if part[index]}
+            columns, skipped[name] = build_split(questions, lengths, n, haystack, tokenizer, seed, index, digest)
+            splits[name] = datasets.Dataset.from_dict(columns)
+        manifest = {
+            "format": 1, "kind": "babilong",
+            "tokenizer": {"fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id},
+            "babi_dir": str(babi_dir), "babi_split": babi_split, "tasks": sorted(stories), "lengths": lengths,
+            "haystack": [str(p) for p in haystack.files] if haystack else [], "samples": samples,
+            "val_samples": val_samples, "holdout": holdout, "seed": seed,
+            "counts": {name: len(split) for name, split in splits.items()},
+            "tokens": {name: int(sum(split["tokens"])) for name, split in splits.items()},
+            "skipped_questions": skipped,  # per split, task/length: questions too long for that length
+            "content_sha256": digest.hexdigest(),
+        }
+        manifest["fingerprint"] = json_fingerprint(manifest)
+        manifest["seconds"] = round(time.perf_counter() - started, 2)
         datasets.DatasetDict(splits).save_to_disk(str(tmp))
         tokenizer.save(tmp)
         publish_text(tmp / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
+
+
+def _is_babilong_output(path: Path) -> bool:
+    return manifest_of(path).get("kind") == "babilong"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -186,7 +192,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "GPT-2 vocab.json + merges.txt (default: byte)")
     parser.add_argument("--babi-split", default="train", help="which bAbI files to read: train or test (default: train)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True, help="output directory (replaced atomically when the build succeeds)")
+    parser.add_argument("--out", required=True, help="output directory: new, or an earlier output of the same command "
+                        "(replaced atomically when the build succeeds)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,6 +1,8 @@
-"""Finding a pipeline's input files: the files named, and those of the wanted types under each directory."""
+"""A pipeline's files: its input files (those named, and those of the wanted types under each directory), and the
+manifest by which it recognises an earlier output of its own."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from l2m_train.data import DataError
@@ -23,3 +25,12 @@ def find_files(paths: list[str], suffixes: tuple[str, ...], what: str) -> list[P
         else:
             raise DataError(f"{what} path not found: {path}")
     return files
+
+
+def manifest_of(directory: Path) -> dict:
+    """The directory's manifest.json, or {} where there is none readable (a file, a directory of other things)."""
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}

@@ -3,7 +3,8 @@
 Sources are local files or directories (.txt: one document per file; .json/.jsonl: one document per record,
 text in --text-field; .parquet) or a Hugging Face hub dataset (--hub, needs the network). Documents are
 tokenized in parallel (--num-proc), each followed by end-of-text, and written as raw shards of
---shard-tokens tokens. Re-running on the same input is a no-op; a failed run leaves --out untouched.
+--shard-tokens tokens. Re-running on the same input is a no-op; a failed run leaves --out untouched. --out must be
+new or an earlier output of `l2m data pack`, and never an input or inside one.
 
 examples:
   l2m data pack --input ../shared/data/text --out data/books-bytes
@@ -25,9 +26,9 @@ import numpy as np
 from rich.progress import Progress
 
 from l2m_train.data import DataError, json_fingerprint
-from l2m_train.data.shards import read_manifest, sha256_file
+from l2m_train.data.shards import sha256_file
 from l2m_train.data.tokenizer import TextTokenizer
-from l2m_train.data_pipelines.files import find_files
+from l2m_train.data_pipelines.files import find_files, manifest_of
 from l2m_train.io import publish_dir, publish_text
 
 HELP = "tokenize text and pack it into memory-mapped token shards with a manifest"
@@ -37,6 +38,10 @@ FORMAT = 1
 
 def input_files(paths: list[str]) -> list[Path]:
     return find_files(paths, tuple(BUILDERS), "input")
+
+
+def _is_pack_output(path: Path) -> bool:
+    return {"input_fingerprint", "shards"} <= manifest_of(path).keys()
 
 
 def describe_sources(files: list[Path], hub: str | None, hub_config: str | None, split: str) -> list[dict]:
@@ -125,12 +130,11 @@ def pack(sources: list[str], tokenizer: TextTokenizer, out_dir: str | Path, *, s
     settings = {"shard_tokens": shard_tokens, "text_field": text_field, "dtype": dtype.name}
     described = describe_sources(files, hub, hub_config, split)
     input_fingerprint = json_fingerprint({"sources": described, "tokenizer": tokenizer.fingerprint, "settings": settings})
-    if (out_dir / "manifest.json").is_file():
-        previous = read_manifest(out_dir)
-        if previous.get("input_fingerprint") == input_fingerprint:
-            return previous, False
+    previous = manifest_of(out_dir)
+    if previous.get("input_fingerprint") == input_fingerprint:
+        return previous, False
     started = time.perf_counter()
-    with publish_dir(out_dir) as tmp:
+    with publish_dir(out_dir, replaces=_is_pack_output, inputs=sources) as tmp:
         cache = tmp / ".cache"  # datasets' arrow caches live here and go away before publishing
         docs = load_documents(files, hub, hub_config, split, text_field, streaming, cache)
         writer = ShardWriter(tmp, shard_tokens, dtype)
@@ -175,7 +179,8 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train", help="the hub dataset's split (default: train)")
     parser.add_argument("--text-field", default="text", help="the text field of json/parquet records (default: text)")
     parser.add_argument("--streaming", action="store_true", help="stream the input instead of loading it whole")
-    parser.add_argument("--out", required=True, help="output directory (replaced atomically when the build succeeds)")
+    parser.add_argument("--out", required=True, help="output directory: new, or an earlier output of the same command "
+                        "(replaced atomically when the build succeeds)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

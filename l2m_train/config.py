@@ -6,7 +6,7 @@ merged under the key <group>. An override `model=small` swaps a whole group the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Optional
@@ -166,6 +166,7 @@ class TrainConfig:
     compare_baseline: bool = False  # also train segment-local `none` on the same budget and compare
     init_from: str = ""  # a run, checkpoint or export directory: a fresh run starts from its weights (train/init_from.py)
     peak_tflops: float = 0.0  # per device, for MFU; 0 = Lightning's figure for known GPUs (none for CPUs: no MFU)
+    max_nonfinite_steps: int = 10  # training stops after this many optimizer steps in a row with a nan or inf loss
 
 
 @dataclass
@@ -320,7 +321,22 @@ def _describe(err: OmegaConfBaseException) -> str:
     return f"invalid value for '{key}': {msg}" if key else msg
 
 
+def _nonfinite(value: Any, key: str) -> list[tuple[str, float]]:
+    """(key, value) of every nan or ±inf number in a config (dataclasses, lists, dicts)."""
+    if is_dataclass(value):
+        items = [(f.name, getattr(value, f.name)) for f in fields(value)]
+    elif isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple)):
+        return [found for i, v in enumerate(value) for found in _nonfinite(v, f"{key}[{i}]")]
+    else:
+        return [(key, value)] if isinstance(value, float) and not math.isfinite(value) else []
+    return [found for name, v in items for found in _nonfinite(v, f"{key}.{name}" if key else str(name))]
+
+
 def validate(cfg: Config) -> None:
+    for key, value in _nonfinite(cfg, "")[:1]:  # nan fails every comparison below, but inf passes most
+        raise ConfigError(f"{key} must be a finite number, got {value}")
     m, mem, t, o, d = cfg.model, cfg.model.memory, cfg.train, cfg.optim, cfg.data
     checks = [
         (m.segment_len > 0, f"model.segment_len must be > 0, got {m.segment_len}"),
@@ -356,6 +372,10 @@ def validate(cfg: Config) -> None:
         (t.precision in ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"), f"unsupported train.precision '{t.precision}'"),
         (o.lr > 0 and o.warmup_tokens >= 0 and o.weight_decay >= 0, "optim.lr must be > 0, warmup_tokens and weight_decay >= 0"),
         (0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}"),
+        (all(0 <= b < 1 for b in o.betas), f"optim.betas must be in [0, 1), got {list(o.betas)}"),
+        (o.grad_clip >= 0, f"optim.grad_clip must be >= 0 (0: no clipping), got {o.grad_clip}"),
+        (m.rope_base > 0 and m.norm_eps > 0, "model.rope_base and model.norm_eps must be > 0"),
+        (t.max_nonfinite_steps > 0, f"train.max_nonfinite_steps must be > 0, got {t.max_nonfinite_steps}"),
         (cfg.wandb.mode in ("auto", "online", "offline", "disabled"),
          f"wandb.mode must be auto, online, offline or disabled, got '{cfg.wandb.mode}'"),
     ]

@@ -14,6 +14,7 @@ from l2m_train.data_pipelines.babi import Question
 from l2m_train.data_pipelines.babi_generate import write_babi_dir
 from l2m_train.data_pipelines.babilong import QUESTION, build, build_sample, parse_length
 from l2m_train.data_pipelines.haystack import Haystack, split_sentences
+from l2m_train.io import OutputError
 
 L2M = str(Path(sys.executable).parent / "l2m")
 BOOKS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text"
@@ -112,6 +113,18 @@ def test_a_failed_build_leaves_the_existing_output_untouched(stories, hay_file, 
         build(str(stories), [str(hay_file)], [0, 40], ["qa1"], 2, 1, TOKENIZER, str(out))
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left
+
+
+def test_out_is_never_an_input_nor_a_directory_it_did_not_write(stories, hay_file, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    for out, message in [(tmp_path, "holds or lies inside the input"), (stories, "is, holds or lies inside the input"),
+                         (tmp_path / "mine", "is not an earlier output")]:
+        with pytest.raises(OutputError, match=message):
+            build(str(stories), [str(hay_file)], [0], ["qa1"], 2, 1, TOKENIZER, str(out))
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me" and hay_file.is_file()
+    assert sorted(p.name for p in stories.iterdir()) == ["qa1_single-supporting-fact_train.txt",
+                                                         "qa2_two-supporting-facts_train.txt"]
 
 
 @pytest.mark.skipif(not BOOKS.is_dir(), reason=f"../shared/data/text not found at {BOOKS}: real-book test skipped")

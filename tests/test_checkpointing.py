@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,11 @@ from l2m_train.config import ConfigError, load_config
 from l2m_train.data import DataError, json_fingerprint
 from l2m_train.data.tokenizer import TextTokenizer
 from l2m_train.data_pipelines.pack import pack
-from l2m_train.train.checkpoint import load_model, read_state, resolve
+from l2m_train.train.checkpoint import CheckpointError, load_model, read_state, resolve
 from l2m_train.train.checkpointing import Preempted
+from l2m_train.train.divergence import Diverged
 from l2m_train.train.export import export
+from l2m_train.train.lock import RunInUse, run_lock
 from l2m_train.train.run import execute, plan
 from l2m_train.train.state import config_dict
 
@@ -181,6 +184,45 @@ def test_a_write_killed_midway_leaves_the_last_checkpoint_and_resume_picks_it(tm
     assert (run_dir / "logs" / "resume-step-00000002" / "metrics.csv").is_file()
 
 
+def test_resume_passes_over_a_damaged_newest_checkpoint_names_it_and_keeps_it(tmp_path, capsys):
+    cfg = tiny(tmp_path, "d", "checkpoint.every_steps=3")
+    execute(plan(cfg))
+    checkpoints = tmp_path / "d" / "checkpoints"
+    newest = checkpoints / "step-00000009" / "lightning.ckpt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # e.g. a copy cut short
+    run = plan(cfg)
+    assert run.resume_from == checkpoints / "step-00000006" / "lightning.ckpt"
+    capsys.readouterr()
+    assert execute(run).steps == STEPS
+    said = capsys.readouterr().err
+    assert f"{newest} is truncated or damaged (1,000 bytes: " in said and "resuming from " in said
+    kept = [p for p in checkpoints.iterdir() if p.name.startswith("step-00000009.unreadable-")]
+    assert len(kept) == 1 and (kept[0] / "lightning.ckpt").stat().st_size == 1000  # left for inspection
+    assert sorted(p.name for p in checkpoints.iterdir() if p not in kept) == ["step-00000006", "step-00000009"]
+
+    newest.write_bytes(b"")  # the new step 9, empty
+    assert plan(cfg).resume_from == checkpoints / "step-00000006" / "lightning.ckpt"
+    with pytest.raises(CheckpointError, match="is not a readable checkpoint: EOFError"):
+        load_model(newest.parent)
+    (checkpoints / "step-00000006" / "state.json").write_text("{")
+    with pytest.raises(CheckpointError, match="no checkpoint in .* can be resumed from: .*step-00000009.*\\(0 bytes"):
+        plan(cfg)
+
+
+def test_a_diverging_run_stops_and_never_saves_non_finite_weights(tmp_path):
+    blowup = ["optim.lr=1e30", "train.max_nonfinite_steps=3"]  # finite, but the weights overflow within two steps
+    with pytest.raises(Diverged, match="the training loss was not finite for 3 steps in a row .* no checkpoint was saved"):
+        execute(plan(tiny(tmp_path, "nan", *blowup)))
+    assert not (tmp_path / "nan" / "checkpoints").exists() and not (tmp_path / "nan" / "result.json").exists()
+
+    out = l2m("train", *overrides(tmp_path, "saving", *blowup, "checkpoint.every_steps=1"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "the weights are not finite, so they were not saved; the newest checkpoint, " in out.stderr
+    newest = resolve(tmp_path / "saving")
+    assert all(torch.isfinite(w).all() for w in weights(newest).values()) and f"{newest}, holds finite" in out.stderr
+    assert read_state(newest)["step"] < STEPS and not (tmp_path / "saving" / "result.json").exists()
+
+
 def test_a_run_killed_before_its_first_checkpoint_starts_over_but_a_finished_one_without_is_refused(tmp_path):
     cfg = tiny(tmp_path, "s")
     (tmp_path / "s" / "checkpoints" / ".step-00000002.partial").mkdir(parents=True)
@@ -189,6 +231,24 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over_but_a_finished_one
     (tmp_path / "s" / "result.json").write_text("{}")  # e.g. from a version that kept checkpoints/last.ckpt
     with pytest.raises(FileExistsError, match="finished run but no checkpoint"):
         plan(cfg)
+
+
+def test_a_second_train_in_a_busy_run_directory_is_refused_and_a_killed_one_leaves_no_lock(tmp_path):
+    args = overrides(tmp_path, "busy", "train.max_tokens=100000000", "checkpoint.every_steps=1000000")  # until killed
+    first = subprocess.Popen([L2M, "train", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        started = time.monotonic()
+        while not (tmp_path / "busy" / "config.yaml").is_file():  # written once the run holds its directory
+            assert first.poll() is None and time.monotonic() - started < 300, first.stderr.read()[-2000:]
+            time.sleep(0.2)
+        with pytest.raises(RunInUse, match=f"is in use by another `l2m train` \\(pid {first.pid} on "):
+            execute(plan(load_config(None, args)))
+        assert first.poll() is None  # the first one trains on
+    finally:
+        first.kill()  # a crash: the lock goes with the process
+        first.wait()
+    with run_lock(tmp_path / "busy"):  # what the next `l2m train` (e.g. a requeued job) takes first
+        pass
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,7 @@ def test_help_lists_the_verbs():
         (["data.sources=[qa]", "data.qa.path=nowhere"], "nowhere is not a `l2m data babilong` output"),
         (["data.curriculum=[{start_tokens: 0, segments: 1}]"], "at least 2 segments"),
         (["train.devices=0"], "train.devices must be > 0"),
+        (["optim.lr=inf"], "optim.lr must be a finite number, got inf"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_run_directory(tmp_path, args, message):

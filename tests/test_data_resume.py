@@ -59,9 +59,10 @@ def test_resume_from_a_lightning_checkpoint_trains_exactly_the_next_batches(tmp_
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
+    (root / "text").mkdir()
     for i in range(6):
-        (root / f"doc{i}.txt").write_text(" ".join(f"word{i}-{j}" for j in range(800)) + ".\n")
-    manifest, _ = pack([str(root)], TextTokenizer.byte(), root / "shards", shard_tokens=10_000)
+        (root / "text" / f"doc{i}.txt").write_text(" ".join(f"word{i}-{j}" for j in range(800)) + ".\n")
+    manifest, _ = pack([str(root / "text")], TextTokenizer.byte(), root / "shards", shard_tokens=10_000)
     return root / "shards", manifest
 
 

@@ -10,6 +10,7 @@ from l2m_train.data import DataError
 from l2m_train.data.shards import PackedShards
 from l2m_train.data.tokenizer import TextTokenizer
 from l2m_train.data_pipelines.pack import pack
+from l2m_train.io import OutputError
 
 L2M = str(Path(sys.executable).parent / "l2m")
 BOOKS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text"
@@ -115,6 +116,41 @@ def test_bad_input_fails_cleanly_and_leaves_existing_output_untouched(corpus, tm
         pack([str(empty)], TextTokenizer.byte(), tmp_path / "out")
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left
+
+
+def contents(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in root.rglob("*")}
+
+
+def test_out_replaces_only_an_earlier_pack_output_and_never_an_input(corpus, tmp_path):
+    (corpus / "notes.txt").write_text("the user's own notes")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    (tmp_path / "file").write_text("a file")
+    before = {p: contents(p) for p in (corpus, mine)} | {"file": (tmp_path / "file").read_bytes()}
+    for out, message in [(corpus, "is, holds or lies inside the input"), (corpus / "packed", "inside the input"),
+                         (tmp_path, "holds or lies inside the input"), (mine, "is not an earlier output"),
+                         (tmp_path / "file", "is not an earlier output")]:
+        with pytest.raises(OutputError, match=message):
+            pack([str(corpus)], TextTokenizer.byte(), out)
+    assert {p: contents(p) for p in (corpus, mine)} | {"file": (tmp_path / "file").read_bytes()} == before
+    assert not [p for p in tmp_path.rglob(".*")]  # not even a temporary directory
+    pack([str(corpus)], TextTokenizer.byte(), tmp_path / "out")
+    (corpus / "0.txt").write_text("changed")
+    _, built = pack([str(corpus)], TextTokenizer.byte(), tmp_path / "out")  # an earlier output: replaced
+    assert built and PackedShards(tmp_path / "out").tokens > 0
+
+
+def test_cli_refuses_to_pack_a_directory_into_itself_in_one_line(tmp_path):
+    (tmp_path / "txtin").mkdir()
+    (tmp_path / "txtin" / "book.txt").write_text("a book")
+    (tmp_path / "txtin" / "notes.txt").write_text("notes")
+    for command in (["pack"], ["tokenizer", "--vocab-size", "300"]):
+        out = subprocess.run([L2M, "data", *command, "--input", "txtin", "--out", "txtin"], capture_output=True,
+                             text=True, cwd=tmp_path)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and "inside the input" in out.stderr, out.stderr
+        assert sorted(p.name for p in tmp_path.rglob("*")) == ["book.txt", "notes.txt", "txtin"]
 
 
 @pytest.mark.skipif(not BOOKS.is_dir(), reason=f"../shared/data/text not found at {BOOKS}: real-book test skipped")

@@ -12,7 +12,9 @@ examples:
   l2m train --config qa.yaml train.init_from=runs/books run.name=qa   fine-tune the latest weights of runs/books
 
 An existing run directory resumes from its latest complete checkpoint (after SIGUSR1 or SIGTERM, training saves
-one at the next step and stops). A resume with another model, data or tokenizer is refused.
+one at the next step and stops), passing over a damaged one. A resume with another model, data or tokenizer is
+refused. A run whose loss stays nan or inf for train.max_nonfinite_steps steps stops with exit code 1; it never
+saves non-finite weights.
 
 train.init_from (a run directory, a checkpoint directory or an `l2m ckpt export`) starts a fresh run from those
 weights, with a fresh optimizer, learning-rate schedule and data position. The model must be the same, on the same
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from l2m_train.cli.summary import print_summary
     from l2m_train.slurm.environment import cluster_plugins
     from l2m_train.train.checkpointing import Preempted
+    from l2m_train.train.divergence import Diverged
     from l2m_train.train.run import baseline_config, execute, plan
 
     configs = [cfg]
@@ -60,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     except Preempted as stop:
         print(f"l2m train: {stop}", file=sys.stderr)
         return 128 + stop.signum  # the shell's convention for a process ended by a signal
+    except Diverged as stop:
+        if rank_zero_only.rank == 0:
+            print(f"l2m train: {stop}", file=sys.stderr)
+        return 1
     finally:  # a gloo process group left to interpreter exit can abort the process ("terminate called …")
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

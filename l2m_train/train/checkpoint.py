@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -53,6 +54,36 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def damage(checkpoint: Path) -> str | None:
+    """Why a complete checkpoint cannot be resumed from, or None. Cheap: its train state parses, and every file of
+    Lightning's part (one file, or DeepSpeed's shards) is a torch archive whose zip directory, at its end, is whole,
+    which a truncated or empty file's is not."""
+    try:
+        read_state(checkpoint)
+    except CheckpointError as err:
+        return str(err)
+    lightning = checkpoint / LIGHTNING
+    files = [lightning] if lightning.is_file() else sorted(lightning.rglob("*.pt"))
+    if not files:
+        return f"{lightning} is missing"
+    for file in files:
+        try:
+            zipfile.ZipFile(file).close()
+        except (OSError, zipfile.BadZipFile) as err:
+            return f"{file} is truncated or damaged ({file.stat().st_size:,} bytes: {first_line(err)})"
+    return None
+
+
+def newest_resumable(run_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest complete checkpoint without damage, and the newer ones with theirs."""
+    damaged = []
+    for checkpoint in reversed(complete_checkpoints(run_dir / CHECKPOINTS)):
+        if (why := damage(checkpoint)) is None:
+            return checkpoint, damaged
+        damaged.append((checkpoint, why))
+    return None, damaged
+
+
 def resolve(path: str | Path) -> Path:
     """A complete checkpoint directory, given one or a run directory (its latest); anything else is one clear line."""
     path = Path(path)
@@ -78,11 +109,17 @@ def weights_path(path: str | Path) -> Path:
     return path if path.is_file() or (path / WEIGHTS).is_file() else resolve(path)
 
 
+def first_line(err: BaseException) -> str:
+    """An error's first line, or its type when it has no message (torch.load of an empty file: EOFError(''))."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 def read_state(checkpoint: Path) -> dict:
     try:
         return json.loads((checkpoint / STATE).read_text())
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"{checkpoint} has no readable train state: {str(err).splitlines()[0]}") from None
+        raise CheckpointError(f"{checkpoint} has no readable train state: {first_line(err)}") from None
 
 
 def load_model(path: str | Path) -> tuple[MemoryDecoder, Config, TextTokenizer]:
@@ -107,7 +144,7 @@ def _from_export(path: Path) -> tuple[MemoryDecoder, Config, TextTokenizer]:
     except (ConfigError, DataError) as err:
         raise CheckpointError(f"{path}: {err}") from None
     except Exception as err:  # a missing config, a corrupt file, weights that do not fit the config
-        raise CheckpointError(f"{path} is not a readable export: {str(err).splitlines()[0]}") from None
+        raise CheckpointError(f"{path} is not a readable export: {first_line(err)}") from None
 
 
 def model_from_weights(cfg: Config, state_dict: dict[str, torch.Tensor], where: Path) -> MemoryDecoder:
@@ -117,7 +154,7 @@ def model_from_weights(cfg: Config, state_dict: dict[str, torch.Tensor], where: 
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
-        raise CheckpointError(f"{where}: weights do not fit its model config: {str(err).splitlines()[0]}") from None
+        raise CheckpointError(f"{where}: weights do not fit its model config: {first_line(err)}") from None
     return model.eval()
 
 
@@ -125,7 +162,7 @@ def _from_lightning_file(path: Path) -> tuple[MemoryDecoder, Config, TextTokeniz
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # safe loader: tensors and plain containers only
     except Exception as err:
-        raise CheckpointError(f"{path} is not a readable checkpoint: {str(err).splitlines()[0]}") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint: {first_line(err)}") from None
     config = ckpt.get("hyper_parameters", {}).get("config") if isinstance(ckpt, dict) else None
     if config is None or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not an l2m_train checkpoint (no model config or weights inside)")

@@ -20,6 +20,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from l2m_train.config import Config
 from l2m_train.io import publish_text
 from l2m_train.train.checkpoint import CHECKPOINTS, COMPLETE, LIGHTNING, STATE, complete_checkpoints, is_complete, step_name
+from l2m_train.train.divergence import Diverged, weights_finite
 from l2m_train.train.state import rng_state, set_rng_state, train_state
 
 PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
@@ -97,6 +98,8 @@ class Checkpointing(Checkpoint):
         final = self.dir / step_name(trainer.global_step)
         if is_complete(final):  # e.g. a run resumed at its last step
             return final
+        if not weights_finite(trainer):
+            raise Diverged(trainer.global_step, "the weights are not finite, so they were not saved", self.dir)
         partial = self.dir / f".{final.name}.partial"  # one name for every rank
         if trainer.is_global_zero:
             shutil.rmtree(partial, ignore_errors=True)

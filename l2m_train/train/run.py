@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,9 +22,11 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from l2m_train.config import Config, ConfigError, LossConfig, to_yaml
 from l2m_train.data.module import DataPosition, TrainingData
 from l2m_train.io import publish_text
-from l2m_train.train.checkpoint import CONFIG, LIGHTNING, UNIVERSAL, latest_checkpoint, read_state
+from l2m_train.train.checkpoint import CONFIG, LIGHTNING, UNIVERSAL, CheckpointError, newest_resumable, read_state
 from l2m_train.train.checkpointing import Checkpointing
+from l2m_train.train.divergence import Diverged, NonFiniteLoss
 from l2m_train.train.init_from import InitWeights, keep_on_resume, load_init
+from l2m_train.train.lock import LOCK, run_lock
 from l2m_train.train.module import LM2Module, val_prefix
 from l2m_train.train.state import check_resume, config_dict
 from l2m_train.train.strategy import DeepSpeedSupport, build_strategy, on_gpu, strategy_name
@@ -59,20 +64,26 @@ class PlannedRun:
     resume_from: Path | None  # what trainer.fit restores: a checkpoint's Lightning part, or its universal form
     tracker: Tracker
     init: InitWeights | None  # train.init_from's weights, for a fresh run
+    damaged: list[tuple[Path, str]]  # newer checkpoints than the one resumed from, that cannot be read, and why
 
 
 def plan(cfg: Config, plugins: Sequence[object] = ()) -> PlannedRun:
     """Everything a run needs, built and checked before anything touches the disk. An existing run directory
-    resumes from its latest complete checkpoint, after checks that it continues the same model on the same data; a
-    fresh one starts from train.init_from's weights, when set, after checks that they fit.
+    resumes from its newest complete checkpoint that is not damaged (truncated, empty, without its train state: those
+    newer ones execute() sets aside), after checks that it continues the same model on the same data; a fresh one
+    starts from train.init_from's weights, when set, after checks that they fit.
 
     `plugins` go to the Trainer, e.g. the cluster environment the command runs in.
-    Raises ConfigError, DataError or FileExistsError, so bad input leaves nothing behind.
+    Raises ConfigError, DataError, CheckpointError or FileExistsError, so bad input leaves nothing behind.
     """
     run_dir = Path(cfg.run.root) / cfg.run.name
-    if run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / CONFIG).is_file():
+    if run_dir.exists() and any(p.name != LOCK for p in run_dir.iterdir()) and not (run_dir / CONFIG).is_file():
         raise FileExistsError(f"{run_dir} exists and is not a run directory (no {CONFIG}); choose another run.name=… or remove it")
-    checkpoint = latest_checkpoint(run_dir)  # every rank finds the same one: none is written before all have started
+    # Every rank finds the same one: none is written before all have started.
+    checkpoint, damaged = newest_resumable(run_dir)
+    if damaged and checkpoint is None:
+        raise CheckpointError(f"no checkpoint in {run_dir} can be resumed from: {damaged[0][1]}; move the checkpoints "
+                              "aside to start over")
     if checkpoint is None and (run_dir / "result.json").is_file():  # e.g. a run from before checkpoints/step-N
         raise FileExistsError(f"{run_dir} holds a finished run but no checkpoint to resume from; choose another "
                               "run.name=… or remove it")
@@ -94,7 +105,7 @@ def plan(cfg: Config, plugins: Sequence[object] = ()) -> PlannedRun:
     except (MisconfigurationException, ValueError) as err:  # e.g. a GPU asked for on a machine without one
         raise ConfigError(f"train: {str(err).splitlines()[0]}") from None
     resume_from = None if checkpoint is None else checkpoint / (UNIVERSAL if universal else LIGHTNING)
-    return PlannedRun(cfg, run_dir, data, trainer, checkpointing, resume_from, tracker, init)
+    return PlannedRun(cfg, run_dir, data, trainer, checkpointing, resume_from, tracker, init, damaged)
 
 
 def _trainer(cfg: Config, run_dir: Path, steps: int, checkpointing: Checkpointing, universal: bool, plugins: list) -> L.Trainer:
@@ -103,7 +114,8 @@ def _trainer(cfg: Config, run_dir: Path, steps: int, checkpointing: Checkpointin
     t = cfg.train
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu(cfg) else "32-true")
     resumed = checkpointing.resumed_from
-    callbacks = [checkpointing, Throughput(t.peak_tflops), DataPosition()]  # Lightning runs checkpoint callbacks last
+    callbacks = [checkpointing, Throughput(t.peak_tflops), DataPosition(),  # Lightning runs checkpoint callbacks last
+                 NonFiniteLoss(t.max_nonfinite_steps, checkpointing.dir)]
     if strategy_name(cfg) == "deepspeed":
         callbacks.append(DeepSpeedSupport())
     return L.Trainer(
@@ -132,12 +144,22 @@ def _trainer(cfg: Config, run_dir: Path, steps: int, checkpointing: Checkpointin
 def execute(run: PlannedRun) -> RunResult:
     """Create the run directory, write the resolved config, train (or resume), validate, and write result.json.
 
-    Raises Preempted when a signal stopped training early, after its checkpoint (the process should then exit: it
-    ignores SIGTERM from there on).
+    Raises RunInUse, before writing anything, when another process trains in the run directory; Preempted when a signal
+    stopped training early, after its checkpoint (the process should then exit: it ignores SIGTERM from there on);
+    Diverged when training stopped on non-finite numbers.
     """
+    with run_lock(run.run_dir) if rank_zero_only.rank == 0 else nullcontext():  # launched ranks run this too
+        return _train(run)
+
+
+def _train(run: PlannedRun) -> RunResult:
     cfg, run_dir, trainer = run.cfg, run.run_dir, run.trainer
-    if rank_zero_only.rank == 0:  # launched ranks run this too
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if rank_zero_only.rank == 0:
+        for checkpoint, why in run.damaged:  # renamed out of the way of the steps that will be saved again, not deleted
+            kept = checkpoint.with_name(f"{checkpoint.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.rename(checkpoint, kept)
+            print(f"l2m: {why}; resuming from {run.checkpointing.resumed_from}, the newest readable checkpoint "
+                  f"(kept the damaged one as {kept.name})", file=sys.stderr)
         publish_text(run_dir / CONFIG, to_yaml(cfg))
         run.data.tokenizer.save(run_dir)
         if logger := run.tracker.start(config_dict(cfg)):
@@ -152,7 +174,11 @@ def execute(run: PlannedRun) -> RunResult:
         run.init.weights = {}  # every rank holds them whole: free them before training
     params = sum(p.numel() for p in module.model.parameters())  # counted now: ZeRO-3 partitions them
     started = time.perf_counter()
-    trainer.fit(module, datamodule=run.data, ckpt_path=run.resume_from)
+    try:
+        trainer.fit(module, datamodule=run.data, ckpt_path=run.resume_from)
+    except Diverged:
+        run.tracker.finish(exit_code=1)
+        raise
     seconds = time.perf_counter() - started
     if (stop := run.checkpointing.preempted) is not None:
         # Saved; leaving with 128 + signal, which a job script reads. A launcher may terminate the other ranks when the
