@@ -7,6 +7,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ThroughputMonitor
 
 from l2m_train.data.sample import real_tokens
+from l2m_train.train.lightning_compat import set_available_flops
 
 
 class Throughput(ThroughputMonitor):
@@ -16,7 +17,5 @@ class Throughput(ThroughputMonitor):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        if self.peak_flops:  # Lightning fixed its own figure into each stage's counter
-            self.available_flops = self.peak_flops
-            for counter in self._throughputs.values():
-                counter.available_flops = self.peak_flops
+        if self.peak_flops:
+            set_available_flops(self, self.peak_flops)
