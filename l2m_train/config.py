@@ -165,7 +165,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
     compare_baseline: bool = False  # also train segment-local `none` on the same budget and compare
     init_from: str = ""  # a run, checkpoint or export directory: a fresh run starts from its weights (train/init_from.py)
-    peak_tflops: float = 0.0  # per device, for MFU; 0 = Lightning's figure for known GPUs (none for CPUs: no MFU)
+    peak_tflops: float = 0.0  # per device, for MFU; 0 = the known GPUs' dense peaks (train/peak_flops.py); CPUs: no MFU
 
 
 @dataclass
