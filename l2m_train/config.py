@@ -32,7 +32,7 @@ class MemoryConfig:
     init: str = "learned"  # learned | identity (one-hot rows, as in LM2)
     bptt_segments: int = -1  # memory writes the gradient may cross, counted back from the last segment; -1 = all
     forget_bias: float = 1.0  # initial b_f: the memory remembers by default
-    write_norm: bool = True  # RMSNorm the block outputs before the write attends to them (false: DESIGN 2.2 as written)
+    write_norm: bool = True  # RMSNorm the block outputs before the write attends to them (false: raw, docs/design-notes.md §1)
 
 
 @dataclass
