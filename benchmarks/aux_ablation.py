@@ -1,4 +1,4 @@
-"""The auxiliary-loss ablation (DESIGN 3): one budget, four lm2 runs (no auxiliary loss, reconstruction,
+"""The auxiliary-loss ablation (docs/design.md §3): one budget, four lm2 runs (no auxiliary loss, reconstruction,
 retrieval, both) and the same backbone without memory, on BABILong-style QA. Reports answer accuracy by
 sample length and by how many segments lie between the supporting fact and the question, and the step-time
 cost of each loss, timed in one process, interleaved.

@@ -12,12 +12,10 @@ import resource
 import shlex
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from lightning.fabric.utilities.throughput import get_available_flops
 from rich.console import Console
 from rich.table import Table
 from torch.optim import Optimizer
@@ -25,6 +23,7 @@ from torch.optim import Optimizer
 from l2m_train.config import Config, load_config
 from l2m_train.model import MemoryDecoder
 from l2m_train.train.optim import adamw
+from l2m_train.train.peak_flops import device_peak_flops
 from l2m_train.train.segment_backward import lm_forward
 
 # The four models of issue 7, one backbone: (name, config overrides).
@@ -51,8 +50,8 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser, json_name: str) -> 
                              "torch.cuda.max_memory_allocated (default: cpu)")
     # One thread: on a busy machine, 2 OpenMP threads on 2 shared cores stalled steps by up to 30× (docs/benchmarks.md).
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per model (default: 1)")
-    parser.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for MFU (default: Lightning's table for "
-                                                           "the GPU in bf16; none on CPU, so MFU is n/a)")
+    parser.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for MFU (default: the dense bf16 peak "
+                                                           "of a known GPU, l2m_train/train/peak_flops.py; none on CPU, so MFU is n/a)")
     parser.add_argument("--json", default=f"benchmarks/out/{json_name}", help="where to write the results (default: %(default)s)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # set by start_workers for the child processes
     parser.add_argument("overrides", nargs="*", help="config overrides on top of the benchmark's defaults")
@@ -96,14 +95,8 @@ def runtime_mb(device: torch.device) -> float:
 
 
 def peak_flops(device: torch.device, override_tflops: float | None = None) -> float | None:
-    """Peak FLOP/s of one device for MFU: the override, else Lightning's table (bf16) on CUDA, else None (CPU)."""
-    if override_tflops:
-        return override_tflops * 1e12
-    if device.type != "cuda":
-        return None
-    with warnings.catch_warnings():  # a GPU missing from the table: MFU is n/a, said in the table
-        warnings.simplefilter("ignore")
-        return get_available_flops(device, torch.bfloat16)
+    """Peak FLOP/s of one device for MFU: the override, else the dense bf16 peak of a known GPU, else None (CPU)."""
+    return override_tflops * 1e12 if override_tflops else device_peak_flops(device)
 
 
 def build(overrides: list[str], device: torch.device, optimizer: bool = True) -> tuple[Config, MemoryDecoder, Optimizer | None]:

@@ -1,7 +1,7 @@
 """Typed configuration: dataclass schemas, YAML composition, `key=value` overrides, and validation.
 
-An experiment YAML may start with `defaults: [model/tiny]`: each entry names conf/<group>/<name>.yaml and is
-merged under the key <group>. An override `model=small` swaps a whole group the same way.
+An experiment YAML may start with `defaults: [model/tiny]`: each entry names conf/<group>/<name>.yaml, merged under
+the key <group> before the YAML's own keys. An override `model=small` replaces the group's entry (load_config).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class MemoryConfig:
     init: str = "learned"  # learned | identity (one-hot rows, as in LM2)
     bptt_segments: int = -1  # memory writes the gradient may cross, counted back from the last segment; -1 = all
     forget_bias: float = 1.0  # initial b_f: the memory remembers by default
-    write_norm: bool = True  # RMSNorm the block outputs before the write attends to them (false: DESIGN 2.2 as written)
+    write_norm: bool = True  # RMSNorm the block outputs before the write attends to them (false: raw, docs/design-notes.md §1)
 
 
 @dataclass
@@ -165,7 +165,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
     compare_baseline: bool = False  # also train segment-local `none` on the same budget and compare
     init_from: str = ""  # a run, checkpoint or export directory: a fresh run starts from its weights (train/init_from.py)
-    peak_tflops: float = 0.0  # per device, for MFU; 0 = Lightning's figure for known GPUs (none for CPUs: no MFU)
+    peak_tflops: float = 0.0  # per device, for MFU; 0 = the known GPUs' dense peaks (train/peak_flops.py); CPUs: no MFU
     max_nonfinite_steps: int = 10  # training stops after this many optimizer steps in a row with a nan or inf loss
 
 
@@ -267,25 +267,28 @@ def _group_file(group: str, name: str) -> Path:
     return path
 
 
-def _compose(path: Path) -> DictConfig:
-    """A YAML file with its `defaults` list expanded."""
-    raw = _read_yaml(path)
-    merged = OmegaConf.create()
+def _defaults(raw: DictConfig, path: Path) -> dict[str, str]:
+    """The YAML's `defaults` list, popped from it: {group: preset name}."""
     defaults = raw.pop("defaults", [])
     if not OmegaConf.is_list(defaults) and not isinstance(defaults, list):
         raise ConfigError(f"{path}: 'defaults' must be a list such as [model/tiny]")
+    choices = {}
     for entry in defaults:
         group, _, name = str(entry).partition("/")
-        merged = OmegaConf.merge(merged, {group: _read_yaml(_group_file(group, name))})
-    return OmegaConf.merge(merged, raw)
+        choices[group] = name
+    return choices
+
+
+def _group_choice(text: str) -> tuple[str, str] | None:
+    """(group, preset) for an override that names a whole group (model=small), else None."""
+    key, sep, value = text.partition("=")
+    return (key, value) if sep and key.isidentifier() and (CONF_DIR / key).is_dir() else None
 
 
 def _parse_override(text: str) -> DictConfig:
     key, sep, value = text.partition("=")
     if not sep or not key or any(not part.isidentifier() for part in key.split(".")):
         raise ConfigError(f"malformed override '{text}': expected key=value, e.g. model.d_model=128")
-    if "." not in key and (CONF_DIR / key).is_dir():  # a whole group: model=small
-        return OmegaConf.create({key: _read_yaml(_group_file(key, value))})
     try:
         return OmegaConf.from_dotlist([text])
     except OmegaConfBaseException as err:
@@ -301,11 +304,26 @@ def experiment_path(name: str | Path | None) -> Path:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Schema ← YAML (with defaults) ← overrides, validated. Raises ConfigError naming the problem."""
-    schema = OmegaConf.structured(Config)
-    layers = [_compose(experiment_path(path))] + [_parse_override(o) for o in overrides]
+    """Schema ← group presets ← the experiment YAML's own keys ← dotted overrides, validated (as in Hydra).
+
+    A group choice among the overrides (model=small) replaces that group's entry in the YAML's `defaults` (or adds
+    one), wherever it is typed: the replaced preset is never read. Dotted overrides then apply in the order typed.
+    Raises ConfigError naming the problem."""
+    yaml_path = experiment_path(path)
+    body = _read_yaml(yaml_path)
+    choices, dotted = _defaults(body, yaml_path), []
+    for text in overrides:
+        choice = _group_choice(text)
+        if choice is None:
+            dotted.append(_parse_override(text))
+        elif choice[0] in body and choice[0] not in choices:  # e.g. a run's resolved config.yaml
+            raise ConfigError(f"{text}: {yaml_path} sets {choice[0]} itself, with no {choice[0]} preset under `defaults` "
+                              f"to replace, so its own keys would win: override {choice[0]}.* keys instead")
+        else:
+            choices[choice[0]] = choice[1]
+    presets = [OmegaConf.create({group: _read_yaml(_group_file(group, name))}) for group, name in choices.items()]
     try:
-        merged = OmegaConf.merge(schema, *layers)
+        merged = OmegaConf.merge(OmegaConf.structured(Config), *presets, body, *dotted)
         cfg: Config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(_describe(err)) from None

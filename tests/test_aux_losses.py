@@ -1,4 +1,4 @@
-"""DESIGN 3: the reconstruction and retrieval losses, for lm2 and rmt; switchable, and free when switched off."""
+"""docs/design.md §3: the reconstruction and retrieval losses, for lm2 and rmt; switchable, and free when switched off."""
 import csv
 from dataclasses import replace
 

@@ -1,6 +1,8 @@
+from pathlib import Path
+
 import pytest
 
-from l2m_train.config import QUICKSTART, ConfigError, load_config, to_yaml
+from l2m_train.config import QUICKSTART, ConfigError, ModelConfig, load_config, to_yaml
 
 
 def test_quickstart_loads_with_its_model_preset():
@@ -15,6 +17,41 @@ def test_overrides_are_typed_and_applied():
 
 def test_a_group_override_swaps_the_preset():
     assert load_config(None, ["model=small"]).model.d_model == 256
+
+
+def experiment(tmp_path, text: str) -> Path:
+    path = tmp_path / "experiment.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_swap_replaces_the_preset_so_its_keys_do_not_leak(tmp_path):
+    """base-125m sets activation_checkpointing, memory.layers and bptt_segments; small does not: after the swap they
+    are the schema's defaults, and the whole model is what a YAML naming small would give."""
+    swapped = load_config(experiment(tmp_path, "defaults: [model/base-125m]\n"), ["model=small"]).model
+    assert swapped == load_config(experiment(tmp_path, "defaults: [model/small]\n")).model
+    schema = ModelConfig()
+    assert (swapped.activation_checkpointing, swapped.memory.layers, swapped.memory.bptt_segments) == (
+        schema.activation_checkpointing, schema.memory.layers, schema.memory.bptt_segments)
+    assert load_config(None, ["model=base-125m", "model=small"]).model == load_config(None, ["model=small"]).model  # last wins
+
+
+def test_a_dotted_override_applies_after_every_group_choice_wherever_typed():
+    before = load_config(None, ["model.memory.kind=none", "model=small"])
+    after = load_config(None, ["model=small", "model.memory.kind=none"])
+    assert before == after and before.model.memory.kind == "none" and before.model.d_model == 256
+
+
+def test_the_experiments_own_keys_apply_over_the_chosen_preset(tmp_path):
+    cfg = load_config(experiment(tmp_path, "defaults: [model/tiny]\nmodel: {vocab_size: 1024}\n"), ["model=small"])
+    assert cfg.model.vocab_size == 1024 and cfg.model.d_model == 256
+
+
+def test_a_group_choice_cannot_be_overruled_by_the_yamls_own_group(tmp_path):
+    resolved = experiment(tmp_path, to_yaml(load_config()))  # a run's config.yaml: the whole model, no defaults
+    with pytest.raises(ConfigError, match="sets model itself, with no model preset under `defaults`"):
+        load_config(resolved, ["model=small"])
+    assert load_config(experiment(tmp_path, "run: {name: x}\n"), ["model=small"]).model.d_model == 256  # no model keys: added
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""DESIGN 2.4: causality, streaming equivalence and constant inference memory, for every model kind."""
+"""docs/design.md §2.4: causality, streaming equivalence and constant inference memory, for every model kind."""
 import pytest
 import torch
 from conftest import KINDS, tiny_model

@@ -1,4 +1,4 @@
-"""DESIGN 2.4 (3) for RMT: its memory tokens carry the answer across segments. (LM2 against segment-local
+"""docs/design.md §2.4 (3) for RMT: its memory tokens carry the answer across segments. (LM2 against segment-local
 attention is the quickstart's own test, in test_cli.py.)"""
 import pytest
 

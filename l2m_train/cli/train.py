@@ -11,6 +11,11 @@ examples:
   l2m train train.devices=2 train.strategy=deepspeed train.deepspeed.stage=3     ZeRO-3 on 2 devices
   l2m train --config qa.yaml train.init_from=runs/books run.name=qa   fine-tune the latest weights of runs/books
 
+The config is composed as in Hydra, each layer over the one before: the schema's defaults (l2m_train/config.py);
+the presets the experiment lists under `defaults:` (conf/<group>/); the experiment YAML's own keys; the dotted
+overrides, in the order typed. A group choice (model=small) replaces that group's preset wherever it is typed (the
+replaced preset is never read), so `l2m train model.memory.kind=none model=small` trains small without memory.
+
 An existing run directory resumes from its latest complete checkpoint (after SIGUSR1 or SIGTERM, training saves
 one at the next step and stops), passing over a damaged one. A resume with another model, data or tokenizer is
 refused. A run whose loss stays nan or inf for train.max_nonfinite_steps steps stops with exit code 1; it never
@@ -36,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(quickstart, babilong-curriculum; default: quickstart)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, e.g. model.memory.slots=32; a group name swaps a preset: model=small")
+                        help="config overrides, e.g. model.memory.slots=32; a group name replaces a preset: model=small")
 
 
 def run(args: argparse.Namespace) -> int:

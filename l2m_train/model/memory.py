@@ -1,4 +1,4 @@
-"""The LM2 memory layer (DESIGN 2.2): a gated read into the residual stream and a gated, segment-level write.
+"""The LM2 memory layer (docs/design.md §2.2): a gated read into the residual stream and a gated, segment-level write.
 
 Every token of a segment reads the same memory M, which holds only information from earlier segments,
 so the read needs no causal mask. The write runs once, after the whole segment has been processed.

@@ -21,6 +21,7 @@ from l2m_train.config import Config
 from l2m_train.io import publish_text
 from l2m_train.train.checkpoint import CHECKPOINTS, COMPLETE, LIGHTNING, STATE, complete_checkpoints, is_complete, step_name
 from l2m_train.train.divergence import Diverged, weights_finite
+from l2m_train.train.lightning_compat import shift_batch_progress
 from l2m_train.train.state import rng_state, set_rng_state, train_state
 
 PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
@@ -53,11 +54,7 @@ class Checkpointing(Checkpoint):
         # Lightning ends an accumulation when its count of batches trained reaches a multiple of train.accumulate
         # (DeepSpeed counts afresh from the resume). After a change of train.accumulate (e.g. on fewer ranks), count
         # the batches as if accumulated the new way, so that the first step after the resume is a whole one.
-        progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
-        shift = checkpoint["global_step"] * trainer.accumulate_grad_batches - progress["total"]["ready"]
-        for counts in (progress["total"], progress["current"]):
-            for key in counts:
-                counts[key] += shift
+        shift_batch_progress(checkpoint, checkpoint["global_step"] * trainer.accumulate_grad_batches)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_step = trainer.global_step

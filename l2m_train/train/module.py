@@ -13,6 +13,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from l2m_train.config import Config, from_dict, memory_read_layers
 from l2m_train.model import MemoryDecoder
 from l2m_train.model.flops import forward_flops_per_token, train_flops_per_token
+from l2m_train.train.lightning_compat import attached_trainer, compute_dtype
 from l2m_train.train.optim import adamw, lr_at
 from l2m_train.train.reconstruction import reconstruction_loss
 from l2m_train.train.retrieval import RetrievalHead
@@ -74,8 +75,8 @@ class LM2Module(L.LightningModule):
         """What segment_backward takes gradients of early: every trainable parameter, except under ZeRO-3, whose
         parameters exist whole only inside their own module's forward and backward, and with fp16, whose loss
         scaling those gradients would miss (both: one backward per batch)."""
-        trainer = self._trainer  # None when the module is used on its own (benchmarks/aux_ablation.py)
-        if trainer is not None and (str(trainer.precision).startswith("16") or (
+        trainer = attached_trainer(self)  # None when the module is used on its own (benchmarks/aux_ablation.py)
+        if trainer is not None and (compute_dtype(trainer) == torch.float16 or (
                 isinstance(trainer.strategy, DeepSpeedStrategy) and trainer.strategy.zero_stage_3)):
             return []
         return [p for p in self.parameters() if p.requires_grad]

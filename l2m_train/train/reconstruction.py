@@ -1,4 +1,4 @@
-"""The reconstruction loss (DESIGN 3): a segment's memory read should return what attention over the raw
+"""The reconstruction loss (docs/design.md §3): a segment's memory read should return what attention over the raw
 previous segment would have returned, so the write keeps what later segments need."""
 from __future__ import annotations
 

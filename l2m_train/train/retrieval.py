@@ -1,4 +1,4 @@
-"""The retrieval loss (DESIGN 3): where the data marks the evidence (bAbI supporting facts), the memory read-out
+"""The retrieval loss (docs/design.md §3): where the data marks the evidence (bAbI supporting facts), the memory read-out
 at the question should single out the supporting facts among all the facts placed before it."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The train state saved with every checkpoint (DESIGN §5), and the checks that refuse a resume that would not continue
+"""The train state saved with every checkpoint (docs/design.md §5), and the checks that refuse a resume that would not continue
 the same run. Plain JSON: readable by people and tools, loaded without unpickling.
 """
 from __future__ import annotations

@@ -6,9 +6,10 @@ from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, Strategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, Strategy
 
 from l2m_train.config import Config, ConfigError
+from l2m_train.train.lightning_compat import setup_deepspeed_environment_on_cpu
 
 
 def on_gpu(cfg: Config) -> bool:
@@ -71,7 +72,7 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
     def setup_environment(self) -> None:
         # DeepSpeed takes the device index as the rank's device and Lightning checks it: number CPU "devices" by rank.
         self.parallel_devices = [torch.device("cpu", i) for i in range(len(self.parallel_devices))]
-        DDPStrategy.setup_environment(self)  # skips DeepSpeedStrategy's CUDA-only check
+        setup_deepspeed_environment_on_cpu(self)
 
 
 class DeepSpeedSupport(Callback):

@@ -57,11 +57,13 @@ class Tracker:
         import wandb
         from lightning.pytorch.loggers import WandbLogger
 
+        from l2m_train.train.lightning_compat import drop_wandb_anonymous
+
         w = self.cfg.wandb
         logger = WandbLogger(name=self.cfg.run.name, project=w.project, entity=w.entity or None, id=self.run_id, save_dir=self.run_dir,
                              mode=mode, config=config, tags=list(w.tags),
                              settings=wandb.Settings(init_timeout=w.init_timeout, console="off", silent=True))
-        logger._wandb_init.pop("anonymous")  # Lightning passes anonymous=None, which wandb 0.31 warns is deprecated
+        drop_wandb_anonymous(logger)
         _ = logger.experiment  # creates the run now, where a failure can still fall back
         return logger
 
