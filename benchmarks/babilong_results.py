@@ -229,7 +229,7 @@ def markdown(record: dict) -> str:
         table(f"average over {', '.join(tasks)}", mean)
         if paper_label in labels and all(t in PAPER["accuracy"] for t in tasks):
             lines.append(row(f"{PAPER['model']}, same tasks", {paper_label: sum(PAPER["accuracy"][t] for t in tasks) / len(tasks)}))
-    if len(record["seeds"]) > 1:
+    if len(record.get("seeds", [0])) > 1:
         lines += seed_spread(record)
     if notes:
         lines.append("")
@@ -258,6 +258,35 @@ def seed_spread(record: dict) -> list[str]:
     return lines
 
 
+def plot(record: dict, path: Path) -> None:
+    """Accuracy against context length, one line per kind (the mean over its seeds, bars: their standard deviation),
+    one panel per task, chance dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_kind: dict[str, list[dict]] = {}
+    for name, r in record["kinds"].items():
+        by_kind.setdefault(name.split(" seed ")[0], []).append(r)
+    labels, tasks = record["lengths"], record["tasks"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for kind, rs in by_kind.items():
+            points = [(i, [r["accuracy"][task][label]["accuracy"] for r in rs if label in r["accuracy"].get(task, {})])
+                      for i, label in enumerate(labels)]
+            points = [(i, xs) for i, xs in points if xs]
+            ax.errorbar([i for i, _ in points], [100 * statistics.mean(xs) for _, xs in points],
+                        yerr=[100 * statistics.stdev(xs) if len(xs) > 1 else 0 for _, xs in points], marker="o", capsize=3,
+                        label=f"{kind} ({len(rs)} seed{'s' * (len(rs) > 1)})")
+        ax.axhline(100 * record["chance"][task]["uniform"], color="grey", linestyle="--", label="chance")
+        ax.set(xticks=range(len(labels)), xticklabels=labels, ylim=(0, 100), xlabel="context length (tokens)",
+               ylabel="exact answers (%)", title=f"{task}, {record['samples']} held-out samples per length")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=PRESETS, default="cpu", help="cpu: a tiny model, ~40 min on 2 cores; gpu: "
@@ -277,6 +306,7 @@ def main() -> None:
     parser.add_argument("--runs", help="one run directory per kind here (default: runs/babilong-results-PRESET)")
     parser.add_argument("--out", help="the JSON record (default: benchmarks/out/babilong_results-PRESET.json)")
     parser.add_argument("--markdown", help="also write the tables here (they are printed anyway)")
+    parser.add_argument("--plot", help="also plot accuracy against context length here (PNG; default: beside --out)")
     parser.add_argument("--data-only", action="store_true", help="build the tokenizer and samples, then stop")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="train.seed of each kind's runs; tables then give "
                         "each seed and the mean ± standard deviation over them (default: 0)")
@@ -341,6 +371,7 @@ def main() -> None:
     print(table)
     if args.markdown:
         Path(args.markdown).write_text(table)
+    plot(record, Path(args.plot) if args.plot else out.with_suffix(".png"))
     print(f"wrote {out}" + (f" and {args.markdown}" if args.markdown else ""))
 
 
