@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 L2M_BIN = str(Path(sys.executable).parent)
 STEPS = 60
 # Two CPU ranks of the quickstart's tiny LM2: 32 samples of 3 × 16 tokens each per step.
-ARGS = ["train.accelerator=cpu", "train.devices=2", "train.threads=1", f"train.max_tokens={STEPS * 2 * 32 * 48}",
+ARGS = ["train.accelerator=cpu", "train.devices=2", "train.threads=1", "train.micro_batch=32", f"train.max_tokens={STEPS * 2 * 32 * 48}",
         "train.compare_baseline=false", "train.log_every_steps=1", "train.val_every_steps=1000", "data.val_samples=64",
         "checkpoint.every_steps=4", "checkpoint.keep_last=2", "wandb.mode=offline", "slurm.cpus_per_task=1", "slurm.time=10",
         "slurm.signal_seconds=60", "slurm.output=logs/%x-%j.out"]
