@@ -76,7 +76,7 @@ def test_a_short_run_lowers_the_loss_and_logs_what_it_should(tmp_path):
                  "gates/layer0/forget", "gates/layer1/out", "val/acc"):
         assert name in header, name
     per_step = cfg.tokens_per_step  # micro-batch × 48 positions
-    last = f"step-{result.steps - 1:08d}"
+    last = f"step-{result.steps:08d}"
     assert result.steps == 60000 // per_step and (tmp_path / "quickstart" / "checkpoints" / last / "complete").is_file()
     # The optimizer ran on the token schedule: step s used lr_at((s + 1) · tokens per step).
     rows = [r for r in csv.DictReader(open(metrics)) if r.get("train/lr")]
