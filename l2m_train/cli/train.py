@@ -11,8 +11,8 @@ examples:
   l2m train train.devices=2 train.strategy=deepspeed train.deepspeed.stage=3     ZeRO-3 on 2 devices
   l2m train --config qa.yaml train.init_from=runs/books run.name=qa   fine-tune the latest weights of runs/books
 
-An existing run directory resumes from its latest complete checkpoint (after SIGUSR1 or SIGTERM, training saves
-one at the next step and stops). A resume with another model, data or tokenizer is refused.
+An existing run directory resumes from its latest complete checkpoint (after SIGUSR1, SIGTERM or Ctrl-C, training
+saves one at the next step and stops; a second Ctrl-C stops at once). A resume with another model, data or tokenizer is refused.
 
 train.init_from (a run directory, a checkpoint directory or an `l2m ckpt export`) starts a fresh run from those
 weights, with a fresh optimizer, learning-rate schedule and data position. The model must be the same, on the same
@@ -22,6 +22,7 @@ memory.forget_bias may differ. A run directory that already holds a checkpoint r
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from l2m_train.config import load_config, to_yaml
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     from l2m_train.cli.summary import print_summary
     from l2m_train.slurm.environment import cluster_plugins
+    from l2m_train.train.checkpoint import latest_checkpoint
     from l2m_train.train.checkpointing import Preempted
     from l2m_train.train.run import baseline_config, execute, plan
 
@@ -55,11 +57,20 @@ def run(args: argparse.Namespace) -> int:
     if cfg.train.compare_baseline and cfg.model.memory.kind != "none":
         configs.append(baseline_config(cfg))
     runs = [plan(c, cluster_plugins()) for c in configs]  # every error surfaces before any run directory exists
+    results = []
     try:
-        results = [execute(r) for r in runs]
+        for run in runs:
+            results.append(execute(run))
     except Preempted as stop:
         print(f"l2m train: {stop}", file=sys.stderr)
         return 128 + stop.signum  # the shell's convention for a process ended by a signal
+    except (KeyboardInterrupt, SystemExit) as stop:  # Lightning turns an interrupt inside fit into sys.exit(1)
+        if isinstance(stop, SystemExit) and not isinstance(stop.__context__, KeyboardInterrupt):
+            raise
+        latest = latest_checkpoint(run.run_dir)
+        then = f"the same command resumes from {latest}" if latest else "no checkpoint yet: the same command starts over"
+        print(f"l2m train: interrupted; {then}", file=sys.stderr)
+        return 128 + signal.SIGINT
     finally:  # a gloo process group left to interpreter exit can abort the process ("terminate called …")
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

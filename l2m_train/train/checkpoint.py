@@ -34,6 +34,11 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or not ours, described in one line."""
 
 
+def first_line(err: BaseException) -> str:
+    """An error in one line: its message's first line, or its type when it has no message (EOFError on an empty file)."""
+    return next(iter(str(err).splitlines()), "") or type(err).__name__
+
+
 def step_name(step: int) -> str:
     return f"step-{step:08d}"
 
@@ -82,7 +87,7 @@ def read_state(checkpoint: Path) -> dict:
     try:
         return json.loads((checkpoint / STATE).read_text())
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"{checkpoint} has no readable train state: {str(err).splitlines()[0]}") from None
+        raise CheckpointError(f"{checkpoint} has no readable train state: {first_line(err)}") from None
 
 
 def load_model(path: str | Path) -> tuple[MemoryDecoder, Config, TextTokenizer]:
@@ -107,7 +112,7 @@ def _from_export(path: Path) -> tuple[MemoryDecoder, Config, TextTokenizer]:
     except (ConfigError, DataError) as err:
         raise CheckpointError(f"{path}: {err}") from None
     except Exception as err:  # a missing config, a corrupt file, weights that do not fit the config
-        raise CheckpointError(f"{path} is not a readable export: {str(err).splitlines()[0]}") from None
+        raise CheckpointError(f"{path} is not a readable export: {first_line(err)}") from None
 
 
 def model_from_weights(cfg: Config, state_dict: dict[str, torch.Tensor], where: Path) -> MemoryDecoder:
@@ -117,7 +122,7 @@ def model_from_weights(cfg: Config, state_dict: dict[str, torch.Tensor], where: 
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
-        raise CheckpointError(f"{where}: weights do not fit its model config: {str(err).splitlines()[0]}") from None
+        raise CheckpointError(f"{where}: weights do not fit its model config: {first_line(err)}") from None
     return model.eval()
 
 
@@ -125,7 +130,7 @@ def _from_lightning_file(path: Path) -> tuple[MemoryDecoder, Config, TextTokeniz
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # safe loader: tensors and plain containers only
     except Exception as err:
-        raise CheckpointError(f"{path} is not a readable checkpoint: {str(err).splitlines()[0]}") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint: {first_line(err)}") from None
     config = ckpt.get("hyper_parameters", {}).get("config") if isinstance(ckpt, dict) else None
     if config is None or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not an l2m_train checkpoint (no model config or weights inside)")
