@@ -81,6 +81,8 @@ def read_babi_file(path: str | Path) -> list[Question]:
                 raise DataError(f"{where}: supporting id '{item}' is not an earlier statement of this story")
             supporting.append(fact_of_id[int(item)])
         questions.append(Question(task, story, number, tuple(facts), tuple(supporting), question, answer))
+    if not questions:
+        raise DataError(f"{path}:{number}: the file ends without a question ('ID question<TAB>answer<TAB>ids')")
     return questions
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from importlib.resources import files
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -390,16 +390,24 @@ def validate(cfg: Config) -> None:
         (t.precision in ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"), f"unsupported train.precision '{t.precision}'"),
         (o.lr > 0 and o.warmup_tokens >= 0 and o.weight_decay >= 0, "optim.lr must be > 0, warmup_tokens and weight_decay >= 0"),
         (0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}"),
-        (all(0 <= b < 1 for b in o.betas), f"optim.betas must be in [0, 1), got {list(o.betas)}"),
+        (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), f"optim.betas must be two numbers in [0, 1), got {list(o.betas)}"),
         (o.grad_clip >= 0, f"optim.grad_clip must be >= 0 (0: no clipping), got {o.grad_clip}"),
         (m.rope_base > 0 and m.norm_eps > 0, "model.rope_base and model.norm_eps must be > 0"),
         (t.max_nonfinite_steps > 0, f"train.max_nonfinite_steps must be > 0, got {t.max_nonfinite_steps}"),
+        (_stays_inside(cfg.run.name), f"run.name must be a path inside run.root (not empty, not absolute, no '..'), "
+                                      f"got '{cfg.run.name}'"),
         (cfg.wandb.mode in ("auto", "online", "offline", "disabled"),
          f"wandb.mode must be auto, online, offline or disabled, got '{cfg.wandb.mode}'"),
     ]
     for ok, message in checks + _curriculum_checks(cfg) + _loss_checks(cfg) + _strategy_checks(cfg) + _slurm_checks(cfg):
         if not ok:
             raise ConfigError(message)
+
+
+def _stays_inside(name: str) -> bool:
+    """Whether <root>/<name> is a directory below root (a nested name such as sweep/lr-3e-3 is fine)."""
+    parts = PurePath(name).parts
+    return bool(parts) and not PurePath(name).is_absolute() and ".." not in parts
 
 
 def _curriculum_checks(cfg: Config) -> list[tuple[bool, str]]:

@@ -83,6 +83,7 @@ def test_reader_tolerates_trailing_whitespace(tmp_path):
     (b"1 A.\n2 Q?\tx\tone\n", 2, "supporting id 'one'"),
     (b"", 1, "empty file"),
     (b"\n \n", 1, "empty file"),
+    (b"1 A.\n2 B.\n\n", 3, "the file ends without a question"),  # statements only: nothing to ask
     (b"1 A.\n2 \xff.\n", 2, "not UTF-8"),
 ])
 def test_malformed_lines_name_file_and_line(tmp_path, content, line, message):

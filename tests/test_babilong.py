@@ -146,6 +146,12 @@ def test_cli_builds_and_refuses_bad_input_in_one_line(stories, hay_file, tmp_pat
                           "--lengths", "1k", "--out", str(tmp_path / "b2")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "haystack path not found" in bad.stderr
     assert not (tmp_path / "b2").exists()
+    (tmp_path / "no-questions").mkdir()
+    (tmp_path / "no-questions" / "qa1_x_train.txt").write_text("1 Mary moved.\n2 John left.\n")
+    bad = subprocess.run([L2M, "data", "babilong", "--babi-dir", str(tmp_path / "no-questions"), "--haystack",
+                          str(hay_file), "--lengths", "0k", "--out", str(tmp_path / "b3")], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "ends without a question" in bad.stderr, bad.stderr
+    assert not (tmp_path / "b3").exists()
 
 
 @pytest.mark.slow

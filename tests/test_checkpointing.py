@@ -3,16 +3,19 @@ refused resumes, bad checkpoint paths, and export for inference without DeepSpee
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from l2m_train.cli.main import main
 from l2m_train.config import ConfigError, load_config
 from l2m_train.data import DataError, json_fingerprint
 from l2m_train.data.tokenizer import TextTokenizer
@@ -166,6 +169,33 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+INTERRUPTED = """
+import os, signal, sys
+from l2m_train.train.module import LM2Module
+step = LM2Module.training_step
+def interrupted(self, batch, batch_idx):
+    if self.global_step == 3:
+        for _ in range(int(sys.argv[1])):  # Ctrl-C, once or twice
+            os.kill(os.getpid(), signal.SIGINT)
+    return step(self, batch, batch_idx)
+LM2Module.training_step = interrupted
+from l2m_train.cli.main import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("presses, message", [
+    (1, "l2m train: stopped by SIGINT at {run}/checkpoints/step-00000004; the same command resumes from there"),
+    (2, "l2m train: interrupted; the same command resumes from {run}/checkpoints/step-00000002"),
+])
+def test_ctrl_c_says_where_the_run_resumes_from(tmp_path, presses, message):
+    args = overrides(tmp_path, "i", "checkpoint.every_steps=2")
+    out = subprocess.run([sys.executable, "-c", INTERRUPTED, str(presses), "train", *args], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 128 + signal.SIGINT, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1] == message.format(run=tmp_path / "i")
+
+
 def test_a_write_killed_midway_leaves_the_last_checkpoint_and_resume_picks_it(tmp_path):
     args = overrides(tmp_path, "k", "checkpoint.every_steps=2")
     killed = subprocess.run([sys.executable, "-c", KILLED_WRITE, "train", *args], capture_output=True, text=True, timeout=600)
@@ -223,6 +253,26 @@ def test_a_diverging_run_stops_and_never_saves_non_finite_weights(tmp_path):
     assert read_state(newest)["step"] < STEPS and not (tmp_path / "saving" / "result.json").exists()
 
 
+def test_a_full_disk_is_one_line_and_leaves_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
+    save = L.Trainer.save_checkpoint
+
+    def onto_a_full_disk(self, filepath, *args, **kwargs):
+        if self.global_step == 4:  # the disk fills up midway through the file
+            Path(filepath).write_bytes(b"the first bytes of a checkpoint")
+            Path("/dev/full").write_bytes(b"the rest")  # the kernel's ENOSPC, as a full disk gives it
+        return save(self, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "save_checkpoint", onto_a_full_disk)
+    assert main(["train", *overrides(tmp_path, "f", "checkpoint.every_steps=2")]) == 2
+    checkpoints = tmp_path / "f" / "checkpoints"
+    err = capsys.readouterr().err.strip()
+    assert err == (f"l2m train: error: No space left on device while saving checkpoint step-00000004 in {checkpoints}; "
+                   f"the previous checkpoint {checkpoints / 'step-00000002'} is intact: free some space and run the "
+                   "same command to resume from it")
+    assert [p.name for p in checkpoints.iterdir()] == ["step-00000002"]  # the unfinished one is gone
+    assert load_model(checkpoints / "step-00000002")
+
+
 def test_a_run_killed_before_its_first_checkpoint_starts_over_but_a_finished_one_without_is_refused(tmp_path):
     cfg = tiny(tmp_path, "s")
     (tmp_path / "s" / "checkpoints" / ".step-00000002.partial").mkdir(parents=True)
@@ -270,6 +320,23 @@ def test_resuming_with_another_model_or_strategy_is_refused_naming_the_differenc
     out = l2m("train", *overrides(root, "t", "model.n_layers=3"))
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "model.n_layers: 2 in the checkpoint, 3 now" in out.stderr
     assert sorted((p.relative_to(run_dir), p.stat().st_mtime_ns) for p in run_dir.rglob("*")) == before
+
+
+def test_resuming_from_weights_of_another_model_is_refused_before_anything_is_written(trained, tmp_path):
+    _, run_dir, _ = trained
+    shutil.copytree(run_dir, tmp_path / "t")
+    with pytest.raises(CheckpointError, match=r"holds the weights of another model \(parameter retrieval.question.weight "
+                                              r"is absent in the checkpoint, 64×64 now\)"):
+        plan(tiny(tmp_path, "t", "train.max_tokens=1024", "loss.retrieval.weight=0.1"))  # a training head it never had
+    checkpoint = resolve(tmp_path / "t") / "lightning.ckpt"
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["state_dict"]["model.final_norm.weight"] = torch.ones(7)  # e.g. a checkpoint copied in from another run
+    torch.save(saved, checkpoint)
+    before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in (tmp_path / "t").rglob("*"))
+    out = l2m("train", *overrides(tmp_path, "t", "train.max_tokens=1024"))
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "parameter model.final_norm.weight is 7 in the checkpoint, 64 now" in out.stderr
+    assert sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in (tmp_path / "t").rglob("*")) == before
 
 
 def test_resuming_on_other_data_is_refused_naming_the_source(tmp_path):

@@ -2,6 +2,7 @@
 perplexity by segment index, and bad input as one line with exit code 2."""
 import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -178,6 +179,42 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, export, babi_dir, hay_fi
     assert "\n" not in err and err.startswith("l2m eval: error:")
     assert re.search(message, err), err
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_a_babi_file_without_questions_is_one_line(tmp_path, export, capsys):
+    (tmp_path / "babi").mkdir()
+    (tmp_path / "babi" / "qa1_x_test.txt").write_text("1 Mary moved.\n2 John left.\n")
+    assert main(["eval", "babilong", str(export), "--babi-dir", str(tmp_path / "babi"), "--lengths", "0k",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "qa1_x_test.txt:2: the file ends without a question" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--device", "potato", "'potato' is not a device: use cpu, cuda or cuda:N"),
+    ("--device", f"cuda:{torch.cuda.device_count() + 7}", "CUDA device"),
+    ("--threads", "0", "must be a positive integer"),
+    ("--seed", str(2**64), "must be in [0, 2^64)"),
+])
+def test_cli_bad_options_are_refused_before_loading_anything(tmp_path, export, babi_dir, capsys, option, value, message):
+    with pytest.raises(SystemExit) as stop:
+        main(["eval", "babilong", str(export), "--babi-dir", str(babi_dir), option, value, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and message in err.splitlines()[-1] and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_generate_and_eval_take_threads_and_default_to_half_the_usable_cpus(tmp_path, export, babi_dir, monkeypatch):
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: threads.append(n))  # the test process keeps its own
+    threads = []
+    main(["generate", str(export), "--max-new-tokens", "1", "--threads", "3"])
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # 2 cores, maybe shared: 1 thread, not 2
+    main(["generate", str(export), "--max-new-tokens", "1"])
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    main(["eval", "babilong", str(export), "--babi-dir", str(babi_dir), "--lengths", "0k", "--samples", "1",
+          "--out", str(tmp_path / "out")])
+    assert threads == [3, 1, 8]
 
 
 @pytest.fixture

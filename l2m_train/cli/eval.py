@@ -29,7 +29,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from l2m_train.cli.generate import positive_int
+from l2m_train.cli.arguments import add_threads, device, fraction, positive_int, seed
 from l2m_train.data import DataError
 from l2m_train.data_pipelines.babilong import parse_length
 from l2m_train.io import publish_text
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     babilong.add_argument("--babi-split", default="test", help="which bAbI files to read: test or train (default: test)")
     babilong.add_argument("--holdout", type=fraction, default=0, help="only the last fraction of each task's stories: those "
                           "`l2m data babilong --holdout` keeps out of training (e.g. 0.1 with --babi-split train)")
-    babilong.add_argument("--seed", type=int, default=0, help="which questions and background (default: 0)")
+    babilong.add_argument("--seed", type=seed, default=0, help="which questions and background (default: 0)")
     babilong.add_argument("--batch-tokens", type=positive_int, default=65536, help="padded positions per batch "
                           "(default: 65536; one sample at least)")
     ppl = commands.add_parser("ppl", help="perplexity on packed shards, overall and by segment index")
@@ -69,26 +69,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a run directory, a checkpoint directory, or an export")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    parser.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu, cuda, cuda:1, … (default: cuda when there is one; bf16 autocast on cuda)")
     parser.add_argument("--out", default="eval", help="directory for the JSON (and PNG) results (default: eval)")
     parser.add_argument("--wandb", action="store_true", help="also log the results to the W&B run the checkpoint was trained "
                         "in (a run or checkpoint directory)")
-
-
-def fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
+    add_threads(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from l2m_train.train.checkpoint import load_model  # heavy imports wait until the arguments are parsed
 
+    torch.set_num_threads(args.threads)
     model, cfg, tokenizer = load_model(args.checkpoint)
     tracker = _tracker(args.checkpoint, cfg) if args.wandb else None  # before the work: a wrong --wandb fails fast
-    device = torch.device(args.device)
+    device = args.device
     model.to(device)
     started = time.perf_counter()
     about = {"checkpoint": str(args.checkpoint), "device": str(device)}

@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from l2m_train.cli.arguments import add_threads, positive_int, seed, temperature
 from l2m_train.train.checkpoint import load_model
 
 HELP = "stream generated text from a checkpoint"
@@ -18,19 +19,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "directory, or an export (`l2m ckpt export`)")
     parser.add_argument("--prompt", default="", help="text to start from (default: empty)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate (default: 64)")
-    parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (default: 0.8)")
+    parser.add_argument("--temperature", type=temperature, default=0.8, help="sampling temperature; 0 = greedy (default: 0.8)")
     parser.add_argument("--top-k", type=positive_int, default=None, help="sample among the k most likely tokens")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: 0)")
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+    parser.add_argument("--seed", type=seed, default=0, help="random seed for sampling (default: 0)")
+    add_threads(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
     model, _, tokenizer = load_model(args.checkpoint)
     prompt = tokenizer.encode(args.prompt) or [tokenizer.eos_id]
     torch.manual_seed(args.seed)

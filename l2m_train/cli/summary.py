@@ -37,4 +37,4 @@ def print_summary(results: list[RunResult], cfg: Config, example: tuple[str, str
     if example is not None and len(example[0]) <= PROMPT_LIMIT:
         context, answer = example
         print(f"ask it a held-out question (the answer is {answer.strip()!r}):\n"
-              f"  l2m generate {run_dir} --prompt {shlex.quote(context)} --max-new-tokens {len(answer)} --temperature 0")
+              f"  l2m generate {shlex.quote(run_dir)} --prompt {shlex.quote(context)} --max-new-tokens {len(answer)} --temperature 0")

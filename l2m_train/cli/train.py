@@ -16,10 +16,10 @@ the presets the experiment lists under `defaults:` (conf/<group>/); the experime
 overrides, in the order typed. A group choice (model=small) replaces that group's preset wherever it is typed (the
 replaced preset is never read), so `l2m train model.memory.kind=none model=small` trains small without memory.
 
-An existing run directory resumes from its latest complete checkpoint (after SIGUSR1 or SIGTERM, training saves
-one at the next step and stops), passing over a damaged one. A resume with another model, data or tokenizer is
-refused. A run whose loss stays nan or inf for train.max_nonfinite_steps steps stops with exit code 1; it never
-saves non-finite weights.
+An existing run directory resumes from its latest complete checkpoint (after SIGUSR1, SIGTERM or Ctrl-C, training
+saves one at the next step and stops; a second Ctrl-C stops at once), passing over a damaged one. A resume with
+another model, data or tokenizer is refused. A run whose loss stays nan or inf for train.max_nonfinite_steps steps
+stops with exit code 1; it never saves non-finite weights.
 
 train.init_from (a run directory, a checkpoint directory or an `l2m ckpt export`) starts a fresh run from those
 weights, with a fresh optimizer, learning-rate schedule and data position. The model must be the same, on the same
@@ -29,6 +29,7 @@ memory.forget_bias may differ. A run directory that already holds a checkpoint r
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from l2m_train.config import load_config, to_yaml
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     from l2m_train.cli.summary import print_summary
     from l2m_train.slurm.environment import cluster_plugins
+    from l2m_train.train.checkpoint import latest_checkpoint
     from l2m_train.train.checkpointing import Preempted
     from l2m_train.train.divergence import Diverged
     from l2m_train.train.run import baseline_config, execute, plan
@@ -63,8 +65,10 @@ def run(args: argparse.Namespace) -> int:
     if cfg.train.compare_baseline and cfg.model.memory.kind != "none":
         configs.append(baseline_config(cfg))
     runs = [plan(c, cluster_plugins()) for c in configs]  # every error surfaces before any run directory exists
+    results = []
     try:
-        results = [execute(r) for r in runs]
+        for run in runs:
+            results.append(execute(run))
     except Preempted as stop:
         print(f"l2m train: {stop}", file=sys.stderr)
         return 128 + stop.signum  # the shell's convention for a process ended by a signal
@@ -72,6 +76,13 @@ def run(args: argparse.Namespace) -> int:
         if rank_zero_only.rank == 0:
             print(f"l2m train: {stop}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, SystemExit) as stop:  # Lightning turns an interrupt inside fit into sys.exit(1)
+        if isinstance(stop, SystemExit) and not isinstance(stop.__context__, KeyboardInterrupt):
+            raise
+        latest = latest_checkpoint(run.run_dir)
+        then = f"the same command resumes from {latest}" if latest else "no checkpoint yet: the same command starts over"
+        print(f"l2m train: interrupted; {then}", file=sys.stderr)
+        return 128 + signal.SIGINT
     finally:  # a gloo process group left to interpreter exit can abort the process ("terminate called …")
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

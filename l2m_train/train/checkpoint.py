@@ -35,6 +35,11 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or not ours, described in one line."""
 
 
+def first_line(err: BaseException) -> str:
+    """An error in one line: its message's first line, or its type when it has no message (EOFError on an empty file)."""
+    return next(iter(str(err).splitlines()), "") or type(err).__name__
+
+
 def step_name(step: int) -> str:
     return f"step-{step:08d}"
 
@@ -107,12 +112,6 @@ def weights_path(path: str | Path) -> Path:
     `resolve` finds (a run directory's latest)."""
     path = Path(path)
     return path if path.is_file() or (path / WEIGHTS).is_file() else resolve(path)
-
-
-def first_line(err: BaseException) -> str:
-    """An error's first line, or its type when it has no message (torch.load of an empty file: EOFError(''))."""
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
 
 
 def read_state(checkpoint: Path) -> dict:

@@ -1,5 +1,6 @@
 """Checkpoints every checkpoint.every_steps optimizer steps, at the end of training, and at the first step boundary after
-a preemption signal (SIGUSR1, SIGTERM), when training then stops.
+a preemption signal (SIGUSR1, SIGTERM) or an interrupt (SIGINT, Ctrl-C), when training then stops. A second interrupt
+stops at once, without saving.
 
 Every rank writes into one temporary directory; rank 0 adds the train state and, last, the `complete` marker, and
 publishes the directory with one rename. A crash mid-write leaves a `.partial` directory that no reader takes for a
@@ -7,6 +8,7 @@ checkpoint, and the last complete one as it was. Retention then keeps the newest
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -19,12 +21,21 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from l2m_train.config import Config
 from l2m_train.io import publish_text
-from l2m_train.train.checkpoint import CHECKPOINTS, COMPLETE, LIGHTNING, STATE, complete_checkpoints, is_complete, step_name
+from l2m_train.train.checkpoint import (
+    CHECKPOINTS,
+    COMPLETE,
+    LIGHTNING,
+    STATE,
+    CheckpointError,
+    complete_checkpoints,
+    is_complete,
+    step_name,
+)
 from l2m_train.train.divergence import Diverged, weights_finite
 from l2m_train.train.lightning_compat import shift_batch_progress
 from l2m_train.train.state import rng_state, set_rng_state, train_state
 
-PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
 
 class Preempted(Exception):
@@ -69,6 +80,8 @@ class Checkpointing(Checkpoint):
             signal.signal(s, handler)
 
     def _on_signal(self, signum: int, frame) -> None:
+        if signum == signal.SIGINT and self.signal is not None:  # Ctrl-C again: no waiting for the step to end
+            raise KeyboardInterrupt
         self.signal = signum
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
@@ -98,6 +111,19 @@ class Checkpointing(Checkpoint):
         if not weights_finite(trainer):
             raise Diverged(trainer.global_step, "the weights are not finite, so they were not saved", self.dir)
         partial = self.dir / f".{final.name}.partial"  # one name for every rank
+        try:
+            self._write(trainer, partial, final)
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            shutil.rmtree(partial, ignore_errors=True)  # give back what the unfinished write took
+            previous = complete_checkpoints(self.dir)
+            then = f"the previous checkpoint {previous[-1]} is intact: free some space and run the same command to " \
+                   "resume from it" if previous else "there is no earlier checkpoint: free some space and run again"
+            raise CheckpointError(f"{err.strerror} while saving checkpoint {final.name} in {self.dir}; {then}") from None
+        return final
+
+    def _write(self, trainer: L.Trainer, partial: Path, final: Path) -> None:
         if trainer.is_global_zero:
             shutil.rmtree(partial, ignore_errors=True)
             (partial / "rng").mkdir(parents=True)
@@ -114,7 +140,6 @@ class Checkpointing(Checkpoint):
             os.rename(partial, final)
             self._retain()
         trainer.strategy.barrier("checkpoint-published")
-        return final
 
     def _retain(self) -> None:
         keep_last, every = self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_every_steps

@@ -25,7 +25,7 @@ from l2m_train.data.tokenizer import TextTokenizer
 from l2m_train.model import MemoryDecoder
 from l2m_train.train.checkpoint import CheckpointError, weights_path
 from l2m_train.train.export import load_whole
-from l2m_train.train.state import config_differences
+from l2m_train.train.state import config_differences, shape_difference
 
 # What sets how the weights run, not what they are, so a fine-tune may change it: longer segments, full attention (for a
 # model without memory), a larger rotary base for longer contexts, less BPTT or recomputation to save memory.
@@ -71,16 +71,9 @@ def check_same_model(source: ModelConfig, weights: dict[str, torch.Tensor], mode
         raise ConfigError(f"{where} holds another model ({changed[0]}): fine-tune the same model; only model."
                           f"{', model.'.join(RUNTIME_KEYS)} may differ")
     with torch.device("meta"):  # names and shapes, no memory
-        expected = {name: tuple(t.shape) for name, t in MemoryDecoder(model).state_dict().items()}
-    for name in [*expected, *(n for n in weights if n not in expected)]:
-        there, here = tuple(weights[name].shape) if name in weights else None, expected.get(name)
-        if there != here:
-            raise ConfigError(f"{where} holds another model: parameter {name} is {_shape(there)} in the checkpoint, "
-                              f"{_shape(here)} now")
-
-
-def _shape(shape: tuple[int, ...] | None) -> str:
-    return "absent" if shape is None else "×".join(map(str, shape)) or "a scalar"
+        expected = MemoryDecoder(model).state_dict()
+    if difference := shape_difference(weights, expected):
+        raise ConfigError(f"{where} holds another model: {difference}")
 
 
 def _weight_keys(model: ModelConfig) -> dict[str, Any]:

@@ -77,6 +77,10 @@ def plan(cfg: Config, plugins: Sequence[object] = ()) -> PlannedRun:
     Raises ConfigError, DataError, CheckpointError or FileExistsError, so bad input leaves nothing behind.
     """
     run_dir = Path(cfg.run.root) / cfg.run.name
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    if not existing.is_dir():
+        raise FileExistsError(f"{existing} is a file, not a directory: run.root={cfg.run.root} and run.name={cfg.run.name} "
+                              "must name a directory")
     if run_dir.exists() and any(p.name != LOCK for p in run_dir.iterdir()) and not (run_dir / CONFIG).is_file():
         raise FileExistsError(f"{run_dir} exists and is not a run directory (no {CONFIG}); choose another run.name=… or remove it")
     # Every rank finds the same one: none is written before all have started.

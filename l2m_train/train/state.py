@@ -15,7 +15,8 @@ from l2m_train.config import Config, ConfigError
 from l2m_train.data import json_fingerprint
 from l2m_train.data.curriculum import stage_at
 from l2m_train.data.module import TrainingData
-from l2m_train.train.checkpoint import UNIVERSAL, is_complete
+from l2m_train.train.checkpoint import LIGHTNING, UNIVERSAL, CheckpointError, first_line, is_complete
+from l2m_train.train.module import LM2Module
 from l2m_train.train.strategy import strategy_name
 
 
@@ -44,7 +45,8 @@ def train_state(cfg: Config, data: TrainingData, step: int, wandb_run_id: str | 
 
 
 def check_resume(state: dict[str, Any], cfg: Config, data: TrainingData, checkpoint: Path) -> bool:
-    """Refuse, naming the difference, a resume with another model or data; True when it needs the universal form."""
+    """Refuse, naming the difference, a resume with another model or data, or from weights that are not this
+    model's; True when it needs the universal form."""
     config = config_dict(cfg)
     if json_fingerprint(config["model"]) != state["hashes"]["model"]:
         changed = ", ".join(config_differences(state["config"]["model"], config["model"], "model")[:4])
@@ -63,6 +65,7 @@ def check_resume(state: dict[str, Any], cfg: Config, data: TrainingData, checkpo
     if reshaped and not is_complete(checkpoint / UNIVERSAL):
         raise ConfigError(f"{checkpoint} was saved on {state['world_size']} ranks with ZeRO-{saved_stage}, this "
                           f"run has {cfg.world_size} with ZeRO-{stage}: convert it first with `l2m ckpt universal {checkpoint}`")
+    check_weights(checkpoint, cfg)
     return reshaped
 
 
@@ -70,6 +73,37 @@ def config_differences(saved: Any, now: Any, key: str) -> list[str]:
     if isinstance(saved, dict) and isinstance(now, dict):
         return [d for k in sorted(set(saved) | set(now)) for d in config_differences(saved.get(k), now.get(k), f"{key}.{k}")]
     return [] if saved == now else [f"{key}: {saved} in the checkpoint, {now} now"]
+
+
+def check_weights(checkpoint: Path, cfg: Config) -> None:
+    """Refuse a checkpoint whose tensors are not those this run trains (e.g. a checkpoint copied in from another run):
+    names and shapes only, the file memory-mapped, nothing read. DeepSpeed's shards are left to DeepSpeed."""
+    path = checkpoint / LIGHTNING
+    if not path.is_file():
+        return
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
+    except Exception as err:  # not a zip of tensors, or no state_dict
+        raise CheckpointError(f"{path} is not a readable checkpoint: {first_line(err)}") from None
+    with torch.device("meta"):  # names and shapes, no memory
+        expected = LM2Module(config_dict(cfg)).state_dict()
+    if difference := shape_difference(saved, expected):
+        raise CheckpointError(f"{checkpoint} holds the weights of another model ({difference}): resume with the model "
+                              "and losses it was trained with, or choose a new run.name")
+
+
+def shape_difference(weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str | None:
+    """The first tensor that only one side has, or that differs in shape, in words; None when all agree."""
+    for name in [*expected, *(n for n in weights if n not in expected)]:
+        there = tuple(weights[name].shape) if name in weights else None
+        here = tuple(expected[name].shape) if name in expected else None
+        if there != here:
+            return f"parameter {name} is {_shape(there)} in the checkpoint, {_shape(here)} now"
+    return None
+
+
+def _shape(shape: tuple[int, ...] | None) -> str:
+    return "absent" if shape is None else "×".join(map(str, shape)) or "a scalar"
 
 
 def rng_state() -> dict[str, Any]:
