@@ -88,7 +88,7 @@ def test_a_group_choice_cannot_be_overruled_by_the_yamls_own_group(tmp_path):
         (["data.weights=[inf]"], "data.weights[0] must be a finite number"),
         (["train.deepspeed.extra={zero_optimization: {reduce_bucket_size: .inf}}"],
          "train.deepspeed.extra.zero_optimization.reduce_bucket_size must be a finite number"),
-        (["optim.betas=[0.9,1.0]"], "optim.betas must be two numbers in [0, 1)"),
+        (["optim.betas=[0.9,1.0]"], "optim.betas must be two numbers in [0, 1"),
         (["optim.grad_clip=-1"], "optim.grad_clip must be >= 0"),
         (["model.norm_eps=0"], "model.rope_base and model.norm_eps must be > 0"),
         (["train.max_nonfinite_steps=0"], "train.max_nonfinite_steps must be > 0"),
