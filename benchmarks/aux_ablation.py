@@ -56,7 +56,7 @@ def group_order(group: str) -> tuple[int, int]:
 def evaluate(run_dir: str) -> dict:
     """Exact answers (greedy decoding gives every answer token and end-of-text) on the held-out split, by group."""
     from l2m_train.eval.babilong import exact_answers, rows_from_dataset
-    from l2m_train.train.checkpoint import load_model
+    from l2m_train.train.checkpoint_layout import load_model
 
     model, cfg, tokenizer = load_model(run_dir)
     rows = rows_from_dataset(cfg.data.qa.path, tokenizer)

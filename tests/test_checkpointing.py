@@ -20,8 +20,8 @@ from l2m_train.config import ConfigError, load_config
 from l2m_train.data import DataError, json_fingerprint
 from l2m_train.data.tokenizer import TextTokenizer
 from l2m_train.data_pipelines.pack import pack
-from l2m_train.train.checkpoint import CheckpointError, load_model, read_state, resolve
-from l2m_train.train.checkpointing import Preempted
+from l2m_train.train.checkpoint_callback import Preempted
+from l2m_train.train.checkpoint_layout import CheckpointError, load_model, read_state, resolve
 from l2m_train.train.divergence import Diverged
 from l2m_train.train.export import export
 from l2m_train.train.lock import RunInUse, run_lock

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from l2m_train.train.checkpoint import read_state
+from l2m_train.train.checkpoint_layout import read_state
 from l2m_train.train.export import export
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(find_spec("deepspeed") is None, reason="DeepSpeed is not installed")]

@@ -34,7 +34,7 @@ from l2m_train.eval.report import (
     ppl_json,
     ppl_table,
 )
-from l2m_train.train.checkpoint import CONFIG, WEIGHTS
+from l2m_train.train.checkpoint_layout import CONFIG, WEIGHTS
 from l2m_train.train.run import execute, plan
 
 BYTES = TextTokenizer.byte()

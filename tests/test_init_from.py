@@ -16,7 +16,7 @@ from l2m_train.config import ConfigError, load_config
 from l2m_train.data import DataError
 from l2m_train.data.tokenizer import TextTokenizer
 from l2m_train.model import MemoryDecoder
-from l2m_train.train.checkpoint import CheckpointError, load_model, read_state
+from l2m_train.train.checkpoint_layout import CheckpointError, load_model, read_state
 from l2m_train.train.export import export
 from l2m_train.train.init_from import RUNTIME_KEYS, check_same_model
 from l2m_train.train.run import execute, plan

@@ -14,7 +14,7 @@ from wandb_records import config as wandb_config
 from wandb_records import history, run_record
 
 from l2m_train.config import load_config
-from l2m_train.train.checkpoint import complete_checkpoints, read_state
+from l2m_train.train.checkpoint_layout import complete_checkpoints, read_state
 
 pytest_plugins = ["slurm_cluster"]
 pytestmark = pytest.mark.slow

@@ -6,8 +6,8 @@ from wandb_records import config, history, run_record
 
 from l2m_train.config import ConfigError, load_config
 from l2m_train.model.flops import train_flops_per_token
-from l2m_train.train.checkpoint import latest_checkpoint, read_state
-from l2m_train.train.checkpointing import Preempted
+from l2m_train.train.checkpoint_callback import Preempted
+from l2m_train.train.checkpoint_layout import latest_checkpoint, read_state
 from l2m_train.train.run import execute, plan
 from l2m_train.train.tracking import RUN_ID_FILE
 

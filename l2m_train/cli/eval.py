@@ -78,7 +78,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from l2m_train.train.checkpoint import load_model  # heavy imports wait until the arguments are parsed
+    from l2m_train.train.checkpoint_layout import load_model  # heavy imports wait until the arguments are parsed
 
     torch.set_num_threads(args.threads)
     model, cfg, tokenizer = load_model(args.checkpoint)
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _tracker(checkpoint: str, cfg):
     """The W&B run a checkpoint was trained in, from its train state."""
-    from l2m_train.train.checkpoint import CheckpointError, read_state, resolve
+    from l2m_train.train.checkpoint_layout import CheckpointError, read_state, resolve
     from l2m_train.train.tracking import Tracker
 
     found = resolve(checkpoint)

@@ -9,7 +9,7 @@ import sys
 import torch
 
 from l2m_train.cli.arguments import add_threads, positive_int, seed, temperature
-from l2m_train.train.checkpoint import load_model
+from l2m_train.train.checkpoint_layout import load_model
 
 HELP = "stream generated text from a checkpoint"
 

@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
     from l2m_train.cli.summary import print_summary
     from l2m_train.slurm.environment import cluster_plugins
-    from l2m_train.train.checkpoint import latest_checkpoint
-    from l2m_train.train.checkpointing import Preempted
+    from l2m_train.train.checkpoint_callback import Preempted
+    from l2m_train.train.checkpoint_layout import latest_checkpoint
     from l2m_train.train.divergence import Diverged
     from l2m_train.train.run import baseline_config, execute, plan
 

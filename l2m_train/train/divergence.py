@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from l2m_train.train.checkpoint import complete_checkpoints
+from l2m_train.train.checkpoint_layout import complete_checkpoints
 
 
 class Diverged(Exception):

@@ -13,7 +13,7 @@ from l2m_train.data import DataError
 from l2m_train.data.tokenizer import TextTokenizer
 from l2m_train.io import publish_dir, publish_text
 from l2m_train.model import MemoryDecoder
-from l2m_train.train.checkpoint import (
+from l2m_train.train.checkpoint_layout import (
     CONFIG,
     LIGHTNING,
     WEIGHTS,

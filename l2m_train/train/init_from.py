@@ -23,7 +23,7 @@ from l2m_train.config import Config, ConfigError, ModelConfig
 from l2m_train.data import DataError
 from l2m_train.data.tokenizer import TextTokenizer
 from l2m_train.model import MemoryDecoder
-from l2m_train.train.checkpoint import CheckpointError, weights_path
+from l2m_train.train.checkpoint_layout import CheckpointError, weights_path
 from l2m_train.train.export import load_whole
 from l2m_train.train.state import config_differences, shape_difference
 

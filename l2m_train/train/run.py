@@ -22,8 +22,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from l2m_train.config import Config, ConfigError, LossConfig, to_yaml
 from l2m_train.data.module import DataPosition, TrainingData
 from l2m_train.io import publish_text
-from l2m_train.train.checkpoint import CONFIG, LIGHTNING, UNIVERSAL, CheckpointError, newest_resumable, read_state
-from l2m_train.train.checkpointing import Checkpointing
+from l2m_train.train.checkpoint_callback import Checkpointing
+from l2m_train.train.checkpoint_layout import CONFIG, LIGHTNING, UNIVERSAL, CheckpointError, newest_resumable, read_state
 from l2m_train.train.divergence import Diverged, NonFiniteLoss
 from l2m_train.train.init_from import InitWeights, keep_on_resume, load_init
 from l2m_train.train.lock import LOCK, run_lock

@@ -15,7 +15,7 @@ from l2m_train.config import Config, ConfigError
 from l2m_train.data import json_fingerprint
 from l2m_train.data.curriculum import stage_at
 from l2m_train.data.module import TrainingData
-from l2m_train.train.checkpoint import LIGHTNING, UNIVERSAL, CheckpointError, first_line, is_complete
+from l2m_train.train.checkpoint_layout import LIGHTNING, UNIVERSAL, CheckpointError, first_line, is_complete
 from l2m_train.train.module import LM2Module
 from l2m_train.train.strategy import strategy_name
 

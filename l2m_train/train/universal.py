@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from l2m_train.io import publish_dir, publish_text
-from l2m_train.train.checkpoint import COMPLETE, LIGHTNING, UNIVERSAL, CheckpointError, is_complete, read_state, resolve
+from l2m_train.train.checkpoint_layout import COMPLETE, LIGHTNING, UNIVERSAL, CheckpointError, is_complete, read_state, resolve
 
 
 def convert(source: str | Path) -> Path:

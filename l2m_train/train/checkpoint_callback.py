@@ -21,7 +21,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from l2m_train.config import Config
 from l2m_train.io import publish_text
-from l2m_train.train.checkpoint import (
+from l2m_train.train.checkpoint_layout import (
     CHECKPOINTS,
     COMPLETE,
     LIGHTNING,
