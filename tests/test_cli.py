@@ -116,7 +116,7 @@ def test_quickstart_lm2_recalls_what_segment_local_attention_cannot(quickstart):
     lm2 = json.loads((run / "result.json").read_text())
     baseline = json.loads((run / "baseline-none" / "result.json").read_text())
     assert lm2["kind"] == "lm2" and baseline["kind"] == "none"
-    assert lm2["val_acc"] >= 0.8  # docs/design.md §2.4 (3): the memory carries the answer across segments
+    assert lm2["val_acc"] >= 0.99  # docs/design.md §2.4 (3), and rung 0: 100% over seeds and CPUs (docs/RESULTS.md)
     assert baseline["val_acc"] <= RecallTask.chance + 0.05  # segment-local attention cannot beat chance
     assert "Recall on" in stdout and "chance" in stdout and "accuracy" in stdout and "l2m generate" in stdout
 
