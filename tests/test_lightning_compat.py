@@ -1,5 +1,6 @@
 """Each of Lightning's internals that l2m_train/train/lightning_compat.py uses still works as the installed Lightning
 runs: tiny CPU fits of Lightning's own BoringModel, no l2m model."""
+import os
 from importlib import metadata
 from importlib.util import find_spec
 
@@ -97,11 +98,16 @@ def test_deepspeed_sets_up_on_cpu_without_its_cuda_check(tmp_path):
     with pytest.raises(RuntimeError, match="only supported on CUDA"):  # why the check is skipped
         trainer(tmp_path, strategy=DeepSpeedStrategy()).strategy.setup_environment()
     strategy = trainer(tmp_path, strategy=build_strategy(cfg)).strategy
+    environment = dict(os.environ)
     try:
         strategy.setup_environment()
         assert torch.distributed.is_initialized() and strategy.root_device == torch.device("cpu", 0)
     finally:
         torch.distributed.destroy_process_group()
+        # The setup exports MASTER_ADDR, RANK, WORLD_SIZE, …: a later test's `l2m train train.devices=2` would inherit
+        # them, take itself for one rank of a launched world of 1 and wait for its second rank forever.
+        os.environ.clear()
+        os.environ.update(environment)
 
 
 @pytest.mark.parametrize("precision,dtype", [("bf16-mixed", torch.bfloat16), ("16-true", torch.float16),
