@@ -140,7 +140,7 @@ def test_without_slurm_submit_says_so_in_one_line(tmp_path):
     (["slurm.sbatch=[--comment=two words]"], "slurm.sbatch entry '--comment=two words' cannot be written"),
     (["slurm.sbatch=[-N4]"], "slurm.sbatch entry '-N4' cannot be written"),
     (["train.accelerator=cpu", "slurm.gpu_type=a100"], "slurm.gpu_type=a100 asks for GPUs, but train.accelerator=cpu"),
-    (["slurm.cpus_per_task=1"], "train.threads=2 exceeds the slurm.cpus_per_task=1"),
+    (["train.threads=2", "slurm.cpus_per_task=1"], "train.threads=2 exceeds the slurm.cpus_per_task=1"),
     (["slurm.mem=lots"], "slurm.mem='lots' must be a size"),
     (["slurm.env={1X: a}"], "slurm.env key '1X' is not an environment variable name"),
 ])
