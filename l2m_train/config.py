@@ -464,9 +464,8 @@ def memory_read_layers(cfg: ModelConfig) -> list[int]:
 def _loss_checks(cfg: Config) -> list[tuple[bool, str]]:
     rec, ret, kind = cfg.loss.reconstruction, cfg.loss.retrieval, cfg.model.memory.kind
     readers = memory_read_layers(cfg.model)
-    context = cfg.loss.context.weight
-    checks = [(math.isfinite(context) and context >= 0, f"loss.context.weight must be a finite number >= 0, got {context}"),
-              (rec.weight >= 0 and ret.weight >= 0, "loss.reconstruction.weight and loss.retrieval.weight must be >= 0"),
+    checks = [(min(rec.weight, ret.weight, cfg.loss.context.weight) >= 0,  # nan and inf: refused by validate first
+               "loss.reconstruction.weight, loss.retrieval.weight and loss.context.weight must be >= 0"),
               (ret.dim > 0 and ret.temperature > 0, "loss.retrieval.dim and loss.retrieval.temperature must be > 0")]
     for name, weight in (("reconstruction", rec.weight), ("retrieval", ret.weight)):
         checks.append((weight == 0 or kind != "none", f"loss.{name}.weight={weight} supervises the memory, but "

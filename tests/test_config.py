@@ -76,7 +76,7 @@ def test_a_group_choice_cannot_be_overruled_by_the_yamls_own_group(tmp_path):
         (["train.val_every_steps=0"], "train.val_every_steps"),
         (["train.accelerator=tpu9"], "train.accelerator must be"),
         (["optim.min_lr_ratio=2"], "optim.min_lr_ratio"),
-        (["loss.context.weight=-0.5"], "loss.context.weight must be a finite number >= 0, got -0.5"),
+        (["loss.context.weight=-0.5"], "loss.context.weight must be >= 0"),
         (["loss.context.weight=inf"], "loss.context.weight must be a finite number"),
         (["loss.context.weight=nan"], "loss.context.weight must be a finite number"),
         (["optim.lr=inf"], "optim.lr must be a finite number, got inf"),
