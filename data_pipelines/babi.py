@@ -12,6 +12,7 @@ from pathlib import Path
 from l2m_train.data import DataError
 
 _FILE = re.compile(r"^(qa\d+)_(.+)_([^_]+)\.txt$")  # qa1_single-supporting-fact_train.txt
+ASK = "Question: {} Answer:"  # how a question is put to the model; its answer follows after a space
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class Question:
     task: str  # "qa1" … from the file name
     story: int  # index of the story within its file, from 0
     line: int  # 1-based line number of the question in the file
-    facts: tuple[str, ...]  # the story's statements before this question, in order
+    facts: tuple[str, ...]  # the story's statements before this question, in order (and, when kept, its questions)
     supporting: tuple[int, ...]  # indices into `facts`, in the order the file lists them
     question: str
     answer: str
@@ -29,8 +30,12 @@ def _clip(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def read_babi_file(path: str | Path) -> list[Question]:
-    """All questions of one bAbI file, each with the facts of its story so far."""
+def read_babi_file(path: str | Path, keep_questions: bool = False) -> list[Question]:
+    """All questions of one bAbI file, each with the facts of its story so far.
+
+    keep_questions: the story's earlier questions stay among its facts, answered (`ASK` then the answer), where
+    the file has them, so a sample of a late question also holds the earlier ones with their answers.
+    """
     path = Path(path)
     match = _FILE.match(path.name)
     task = match.group(1) if match else path.stem
@@ -81,6 +86,8 @@ def read_babi_file(path: str | Path) -> list[Question]:
                 raise DataError(f"{where}: supporting id '{item}' is not an earlier statement of this story")
             supporting.append(fact_of_id[int(item)])
         questions.append(Question(task, story, number, tuple(facts), tuple(supporting), question, answer))
+        if keep_questions:
+            facts.append(f"{ASK.format(question)} {answer}")
     if not questions:
         raise DataError(f"{path}:{number}: the file ends without a question ('ID question<TAB>answer<TAB>ids')")
     return questions
@@ -111,7 +118,7 @@ def task_files(babi_dir: str | Path, tasks: list[str] | None = None, split: str 
     return {task: found[task] for task in dict.fromkeys(tasks)}
 
 
-def read_babi_dir(babi_dir: str | Path, tasks: list[str] | None = None,
-                  split: str = "train") -> dict[str, list[Question]]:
-    """The questions of each task's {split} file, keyed by task."""
-    return {task: read_babi_file(path) for task, path in task_files(babi_dir, tasks, split).items()}
+def read_babi_dir(babi_dir: str | Path, tasks: list[str] | None = None, split: str = "train",
+                  keep_questions: bool = False) -> dict[str, list[Question]]:
+    """The questions of each task's {split} file, keyed by task (keep_questions: as `read_babi_file`)."""
+    return {task: read_babi_file(path, keep_questions) for task, path in task_files(babi_dir, tasks, split).items()}

@@ -25,13 +25,13 @@ from rich.progress import track
 
 from l2m_train.data import DataError, json_fingerprint
 from l2m_train.data.tokenizer import TextTokenizer
-from l2m_train.data_pipelines.babi import Question, read_babi_dir
+from l2m_train.data_pipelines.babi import ASK, Question, read_babi_dir
 from l2m_train.data_pipelines.files import manifest_of
 from l2m_train.data_pipelines.haystack import Haystack
 from l2m_train.io import publish_dir, publish_text
 
 HELP = "build BABILong-style long-context QA samples from bAbI stories and background books"
-QUESTION = " Question: {} Answer:"
+QUESTION = " " + ASK
 
 
 def parse_length(text: str) -> int:
@@ -137,13 +137,16 @@ def held_out(questions: list[Question], holdout: float) -> tuple[list[Question],
 
 def build(babi_dir: str, haystack_paths: list[str], lengths: list[int], tasks: list[str] | None, samples: int,
           val_samples: int, tokenizer: TextTokenizer, out: str, seed: int = 0, holdout: float = 0.1,
-          babi_split: str = "train") -> dict:
-    """Build train and validation splits and publish them (with manifest.json and tokenizer.json) at `out`."""
+          babi_split: str = "train", keep_questions: bool = False) -> dict:
+    """Build train and validation splits and publish them (with manifest.json and tokenizer.json) at `out`.
+
+    keep_questions: each sample's context also holds its story's earlier questions with their answers.
+    """
     import datasets  # heavy: only this command needs it
 
     with publish_dir(out, replaces=_is_babilong_output, inputs=[babi_dir, *haystack_paths]) as tmp:
         started = time.perf_counter()
-        stories = read_babi_dir(babi_dir, tasks, babi_split)
+        stories = read_babi_dir(babi_dir, tasks, babi_split, keep_questions)
         haystack = Haystack(haystack_paths, tokenizer) if any(lengths) else None
         parts = {task: held_out(qs, holdout) for task, qs in stories.items()}
         digest = hashlib.sha256()
@@ -155,7 +158,8 @@ def build(babi_dir: str, haystack_paths: list[str], lengths: list[int], tasks: l
         manifest = {
             "format": 1, "kind": "babilong",
             "tokenizer": {"fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id},
-            "babi_dir": str(babi_dir), "babi_split": babi_split, "tasks": sorted(stories), "lengths": lengths,
+            "babi_dir": str(babi_dir), "babi_split": babi_split, "keep_questions": keep_questions,
+            "tasks": sorted(stories), "lengths": lengths,
             "haystack": [str(p) for p in haystack.files] if haystack else [], "samples": samples,
             "val_samples": val_samples, "holdout": holdout, "seed": seed,
             "counts": {name: len(split) for name, split in splits.items()},
@@ -191,6 +195,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", default="byte", help="byte, a tokenizer.json, or a directory with one or with "
                         "GPT-2 vocab.json + merges.txt (default: byte)")
     parser.add_argument("--babi-split", default="train", help="which bAbI files to read: train or test (default: train)")
+    parser.add_argument("--keep-questions", action="store_true", help="keep a story's earlier questions, answered, "
+                        "among its facts as the bAbI files have them: a sample of a story's fifth question then holds "
+                        "four more answers, which a context loss (loss.context.weight) trains on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="output directory: new, or an earlier output of the same command "
                         "(replaced atomically when the build succeeds)")
@@ -201,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError("--samples must be >= 1, --val-samples >= 0 and --holdout in [0, 1)")
     tokenizer = TextTokenizer.load(args.tokenizer)
     m = build(args.babi_dir, args.haystack, sorted(set(args.lengths)), args.tasks, args.samples, args.val_samples,
-              tokenizer, args.out, args.seed, args.holdout, args.babi_split)
+              tokenizer, args.out, args.seed, args.holdout, args.babi_split, args.keep_questions)
     print(f"{args.out}: {m['counts']['train']:,} train and {m['counts']['validation']:,} validation samples "
           f"({', '.join(m['tasks'])} × {len(m['lengths'])} lengths), {m['tokens']['train']:,} training tokens, "
           f"{m['seconds']:.1f} s")

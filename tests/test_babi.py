@@ -70,6 +70,21 @@ def test_reader_tolerates_trailing_whitespace(tmp_path):
     assert read_babi_file(path) == [Question("qa1", 0, 2, ("Mary went to the office.",), (0,), "Where is Mary?", "office")]
 
 
+def test_kept_questions_stay_answered_among_the_facts_and_supporting_ids_still_name_statements(tmp_path):
+    path = tmp_path / "qa1_t_train.txt"
+    path.write_text("1 Mary went to the office.\n2 John moved to the hallway.\n3 Where is Mary?\toffice\t1\n"
+                    "4 Mary went back to the garden.\n5 Where is Mary?\tgarden\t4\n6 Where is John?\thallway\t2\n")
+    plain, kept = read_babi_file(path), read_babi_file(path, keep_questions=True)
+    assert [q.facts for q in plain][1:] == [("Mary went to the office.", "John moved to the hallway.",
+                                             "Mary went back to the garden.")] * 2
+    asked = "Question: Where is Mary? Answer: office"
+    assert kept[0] == plain[0]  # nothing was asked before the first question
+    assert kept[1].facts == ("Mary went to the office.", "John moved to the hallway.", asked, "Mary went back to the garden.")
+    assert kept[2].facts == kept[1].facts + ("Question: Where is Mary? Answer: garden",)
+    for p, k in zip(plain, kept):  # the supporting statements are the same sentences, questions among them or not
+        assert [k.facts[i] for i in k.supporting] == [p.facts[i] for i in p.supporting]
+
+
 @pytest.mark.parametrize("content, line, message", [
     (b"1 Mary moved.\nx Mary went.\n", 2, "expected 'ID text', got 'x Mary went.'"),
     (b"1 A.\n2\n", 2, "expected 'ID text'"),

@@ -105,6 +105,18 @@ def test_build_writes_train_and_held_out_validation_splits(stories, hay_file, tm
     assert other["content_sha256"] != m["content_sha256"]
 
 
+def test_kept_questions_put_earlier_answers_in_the_context_and_say_so_in_the_manifest(stories, hay_file, tmp_path):
+    import datasets
+
+    m = build(str(stories), [str(hay_file)], [0], ["qa1"], 20, 2, TOKENIZER, str(tmp_path / "kq"), keep_questions=True)
+    rows = datasets.load_from_disk(str(tmp_path / "kq"))["train"]
+    assert m["keep_questions"] is True
+    decoded = [TOKENIZER.decode(r["input_ids"][:r["answer_start"]]) for r in rows]
+    # A story's later questions hold the earlier ones, answered, before their own; its first holds none.
+    assert any(text.count("Question:") > 1 for text in decoded)
+    assert any(text.count("Question:") == 1 for text in decoded)
+
+
 def test_a_failed_build_leaves_the_existing_output_untouched(stories, hay_file, tmp_path):
     out = tmp_path / "bl"
     build(str(stories), [str(hay_file)], [0], ["qa1"], 2, 1, TOKENIZER, str(out))
