@@ -24,12 +24,13 @@ from l2m_train.data.tokenizer import TextTokenizer
 from l2m_train.data_pipelines.babi_generate import write_babi_dir
 from l2m_train.data_pipelines.babilong import build
 from l2m_train.data_pipelines.pack import pack
-from l2m_train.eval.babilong import Accuracy, exact_answers, rows_from_babi, rows_from_dataset, tally
+from l2m_train.eval.babilong import Accuracy, by_distance, exact_answers, rows_from_babi, rows_from_dataset, tally
 from l2m_train.eval.ppl import held_out_windows, perplexity
 from l2m_train.eval.report import (
     BABILONG_COLUMNS,
     babilong_json,
     babilong_table,
+    distance_lines,
     heatmap,
     ppl_json,
     ppl_table,
@@ -114,6 +115,16 @@ def test_json_holds_accuracy_by_length_label_and_flat_rows():
     assert data["rows"] == [["qa1", 0, 3, 4, 0.75], ["qa1", 1024, 0, 2, 0.0], ["qa2", 1024, 1, 2, 0.5], ["qa10", 0, 1, 1, 1.0]]
 
 
+def test_accuracy_by_facts_after_the_evidence_pools_lengths_and_far_distances():
+    # (task, number of facts, supporting indices, answered right)
+    cells = [("qa1", 3, [2], True), ("qa1", 3, [2], True), ("qa1", 3, [1], False), ("qa1", 9, [0], False),
+             ("qa1", 8, [2], True), ("qa2", 4, [0, 3], True), ("qa2", 4, [3, 0], False), ("qa2", 5, [1, 2], False)]
+    rows = [{"task": t, "facts": [[i, i + 1] for i in range(n)], "supporting": s} for t, n, s, _ in cells]
+    distance = by_distance(rows, [ok for *_, ok in cells])
+    assert distance == {"qa1": {"0": [2, 2], "1": [0, 1], "4+": [1, 2]}, "qa2": {"0": [1, 2], "2": [0, 1]}}
+    assert distance_lines(distance)[0] == "qa1 by facts after the last supporting one: 0: 100% of 2 · 1: 0% of 1 · 4+: 50% of 2"
+
+
 def test_heatmap_draws_tasks_by_lengths(tmp_path):
     acc, path = hand_made(), tmp_path / "babilong.png"
     fig = heatmap(acc, path, "title")
@@ -161,6 +172,8 @@ def test_cli_babilong_table_json_and_heatmap(tmp_path, export, babi_dir, hay_fil
     assert imread(out / "babilong.png").ndim == 3
     printed = capsys.readouterr().out
     assert "16 samples" in printed and "qa2" in printed and "babilong.png" in printed
+    assert "qa1 by facts after the last supporting one: 0:" in printed
+    assert sum(n for _, n in data["by_distance"]["qa1"].values()) == 8  # both lengths
 
 
 @pytest.mark.parametrize("change, message", [

@@ -138,9 +138,10 @@ def _babilong(args, model, tokenizer, about: dict, out: Path, console: Console, 
     acc = babilong.tally(rows, exact)
     about.update(samples=args.samples, seconds=round(time.perf_counter() - started, 1))
     title = f"{args.checkpoint}: exact answers, {len(rows):,} samples"
-    console.print(title, report.babilong_table(acc), sep="\n")
+    distance = babilong.by_distance(rows, exact)
+    console.print(title, report.babilong_table(acc), *report.distance_lines(distance), sep="\n")
     json_path, png_path = out / "babilong.json", out / "babilong.png"
-    publish_text(json_path, json.dumps(report.babilong_json(acc, about), indent=2))  # creates OUT
+    publish_text(json_path, json.dumps({**report.babilong_json(acc, about), "by_distance": distance}, indent=2))  # creates OUT
     report.heatmap(acc, png_path, title)
     return [json_path, png_path]
 

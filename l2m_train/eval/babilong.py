@@ -141,3 +141,17 @@ def tally(rows: list[Row], exact: list[bool]) -> Accuracy:
         correct[cell] += ok
         samples[cell] += 1
     return Accuracy(tasks, lengths, correct, samples)
+
+
+def by_distance(rows: list[Row], exact: list[bool], pooled_from: int = 4) -> dict[str, dict[str, list[int]]]:
+    """Per task, [correct, samples] by how many facts follow the last supporting one ("4+" pools 4 and more), over all
+    lengths: a model that answers from the latest facts only, not from the facts asked about, shows as accuracy
+    falling with distance."""
+    counts: dict[str, dict[int, list[int]]] = {}
+    for r, ok in zip(rows, exact):
+        after = min(len(r["facts"]) - 1 - max(r["supporting"]), pooled_from)
+        cell = counts.setdefault(r["task"], {}).setdefault(after, [0, 0])
+        cell[0] += ok
+        cell[1] += 1
+    label = lambda n: f"{n}+" if n == pooled_from else str(n)  # noqa: E731
+    return {task: {label(n): by[n] for n in sorted(by)} for task, by in counts.items()}

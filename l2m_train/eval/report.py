@@ -54,6 +54,13 @@ def babilong_json(acc: Accuracy, about: dict) -> dict:
             "columns": BABILONG_COLUMNS, "rows": babilong_rows(acc)}
 
 
+def distance_lines(distance: dict[str, dict[str, list[int]]]) -> list[str]:
+    """One line per task: accuracy by facts after the evidence, with the samples behind each figure."""
+    return [f"{task} by facts after the last supporting one: "
+            + " · ".join(f"{n}: {_percent(c / total)} of {total}" for n, (c, total) in by.items())
+            for task, by in distance.items()]
+
+
 def _value(x: float) -> float | None:
     return None if math.isnan(x) else float(x)  # JSON has no NaN
 
