@@ -5,7 +5,7 @@ from importlib.util import find_spec
 
 import pytest
 import torch
-from test_requeue import ARGS, final_weights
+from test_requeue import ARGS, TIME_LIMIT, final_weights
 
 from l2m_train.train.checkpoint_layout import complete_checkpoints, read_state
 from l2m_train.train.universal import convert
@@ -21,7 +21,7 @@ ZERO2 = [*ARGS, "train.strategy=deepspeed", "train.deepspeed.stage=2", "train.mi
 def test_a_two_node_zero2_checkpoint_resumes_on_one_node_through_the_universal_form(slurm_two_nodes, tmp_path):
     cluster = slurm_two_nodes
     job = cluster.submit(tmp_path, *ZERO2, "train.nodes=2", "run.name=two-nodes")
-    done = cluster.wait_for_job(job, timeout=900)
+    done = cluster.wait_for_job(job, timeout=TIME_LIMIT * 60)
     assert (done["JobState"], done["ExitCode"], done["NumNodes"]) == ("COMPLETED", "0:0", "2"), \
         (tmp_path / "logs" / f"two-nodes-{job}.out").read_text()[-3000:]
     straight = tmp_path / "runs" / "two-nodes"
@@ -31,7 +31,7 @@ def test_a_two_node_zero2_checkpoint_resumes_on_one_node_through_the_universal_f
     convert(run)  # what `l2m ckpt universal` does (tests/test_deepspeed.py runs the command)
 
     job = cluster.submit(tmp_path, *ZERO2, "train.nodes=1", "train.accumulate=2", "run.name=one-node")
-    done = cluster.wait_for_job(job, timeout=900)
+    done = cluster.wait_for_job(job, timeout=TIME_LIMIT * 60)
     log = (tmp_path / "logs" / f"one-node-{job}.out").read_text()
     assert (done["JobState"], done["ExitCode"], done["NumNodes"], done["NumTasks"]) == ("COMPLETED", "0:0", "1", "2"), log[-3000:]
     [two, one] = [complete_checkpoints(r / "checkpoints")[-1] for r in (straight, run)]

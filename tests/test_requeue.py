@@ -22,9 +22,10 @@ pytest_plugins = ["slurm_cluster"]
 pytestmark = pytest.mark.slow
 
 # The quickstart's tiny LM2 in fp32, one thread per rank: samples of 3 × 16 tokens, 64 of them per step.
+TIME_LIMIT = 30  # minutes: a job waits at most this long behind another, and no wait below needs longer
 ARGS = ["train.accelerator=cpu", "train.devices=2", "train.threads=1", "train.compare_baseline=false", "train.log_every_steps=1",
         "train.val_every_steps=1000", "data.val_samples=64", "checkpoint.every_steps=4", "checkpoint.keep_last=2",
-        "wandb.mode=offline", "slurm.cpus_per_task=1", "slurm.time=30", "slurm.signal_seconds=60", "slurm.output=logs/%x-%j.out"]
+        "wandb.mode=offline", "slurm.cpus_per_task=1", f"slurm.time={TIME_LIMIT}", "slurm.signal_seconds=60", "slurm.output=logs/%x-%j.out"]
 
 
 @dataclass
@@ -52,7 +53,7 @@ CASES = {
 }
 
 
-def wait(condition, what: str, timeout: float = 300):
+def wait(condition, what: str, timeout: float = TIME_LIMIT * 60):
     deadline = time.monotonic() + timeout
     while not (value := condition()):
         if time.monotonic() > deadline:
@@ -92,7 +93,7 @@ def test_a_job_signalled_twice_requeues_itself_and_ends_as_if_never_stopped(requ
     for restart in range(2):
         # Mid-training: past a checkpoint of this start, with steps left.
         wait(lambda: cluster.job(job)["JobState"] == "RUNNING" and newest_step(run_dir) > max(stopped_at, default=0),
-             f"start {restart} training", timeout=600)
+             f"start {restart} training")
         subprocess.run(["scancel", "--signal=USR1", job], env=cluster.env, check=True, timeout=30)  # as at a time limit
         # Requeued: SLURM holds a requeued job ~2 min (its begin time); release it sooner. slurmd revokes the last
         # run's credential with one-second resolution: a start within that second fails ("Job credential revoked").
@@ -101,7 +102,7 @@ def test_a_job_signalled_twice_requeues_itself_and_ends_as_if_never_stopped(requ
         time.sleep(2)
         stopped_at.append(newest_step(run_dir))
         cluster.scontrol("update", f"JobId={job}", "StartTime=now")
-    done = cluster.wait_for_job(job, timeout=600)
+    done = cluster.wait_for_job(job, timeout=TIME_LIMIT * 60)
     log = (tmp_path / "logs" / f"preempted-{job}.out").read_text()
     assert (done["JobState"], done["ExitCode"], done["Restarts"]) == ("COMPLETED", "0:0", "2"), log[-3000:]
     assert 0 < stopped_at[0] < stopped_at[1] < case.steps, stopped_at
