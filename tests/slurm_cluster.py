@@ -50,6 +50,10 @@ class Cluster:
         assert out.returncode == 0, out.stderr
         return re.fullmatch(r"submitted job (\d+): .*\n", out.stdout).group(1)
 
+    def idle(self) -> bool:
+        """Every node idle, not IDLE+COMPLETING: no job's processes are left on any."""
+        return _node_state(self).count("State=IDLE ") == len(self.nodes)
+
     def wait_for_job(self, job_id: str, timeout: float) -> dict[str, str]:
         deadline = time.monotonic() + timeout
         # SIGNALING: a job that ends within its --signal window is still being sent the signal
@@ -167,7 +171,7 @@ def start_cluster(root: Path, nodes: int = 1) -> Cluster:
         for node in names:  # unshare and sh exec: the PID kept is slurmd's
             _start(cluster, f"slurmd-{node}", _program("unshare"), "--mount", "--propagation=private", "sh", "-c",
                    'mount --bind "$0" /etc/hosts && exec "$1" -D -N "$2"', str(hosts), _program("slurmd"), node)
-        _wait_until(lambda: _node_state(cluster).count("State=IDLE") == nodes, "slurmd registering as idle", cluster)
+        _wait_until(cluster.idle, "slurmd registering as idle", cluster)
     except BaseException:
         stop_cluster(cluster)
         raise

@@ -95,10 +95,13 @@ def test_a_job_signalled_twice_requeues_itself_and_ends_as_if_never_stopped(requ
         wait(lambda: cluster.job(job)["JobState"] == "RUNNING" and newest_step(run_dir) > max(stopped_at, default=0),
              f"start {restart} training")
         subprocess.run(["scancel", "--signal=USR1", job], env=cluster.env, check=True, timeout=30)  # as at a time limit
-        # Requeued: SLURM holds a requeued job ~2 min (its begin time); release it sooner. slurmd revokes the last
-        # run's credential with one-second resolution: a start within that second fails ("Job credential revoked").
+        # Requeued: SLURM holds a requeued job ~2 min (its begin time); release it sooner, but only once every node is
+        # idle: slurmd still ending the last run's processes (a slow rank, on busy cores) also kills a new start of the
+        # same job id. slurmd revokes the last run's credential with one-second resolution: a start within that second
+        # fails ("Job credential revoked").
         wait(lambda: (j := cluster.job(job))["JobState"] == "PENDING" and j["Restarts"] == str(restart + 1)
              and j["Reason"] == "BeginTime", f"requeue {restart}")
+        wait(cluster.idle, f"the nodes idle after start {restart}")
         time.sleep(2)
         stopped_at.append(newest_step(run_dir))
         cluster.scontrol("update", f"JobId={job}", "StartTime=now")
