@@ -165,29 +165,38 @@ def test_ranks_under_srun_get_slurm_without_lightnings_auto_requeue(monkeypatch)
 
 
 FIT_UNDER_SRUN = """
+import os
 import lightning as L
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 from l2m_train.slurm.environment import cluster_plugins
-trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", plugins=cluster_plugins(), max_steps=1, logger=False,
-                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+trainer = L.Trainer(accelerator="cpu", devices=2, num_nodes=int(os.environ["SLURM_NNODES"]), strategy="ddp", plugins=cluster_plugins(),
+                    max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
 trainer.fit(BoringModel())
 environment = trainer._accelerator_connector.cluster_environment
-print("world", trainer.world_size, "rank", trainer.global_rank, "auto_requeue", environment.auto_requeue)
+print("world", trainer.world_size, "rank", trainer.global_rank, "on", os.environ["SLURMD_NODENAME"], "node_rank", trainer.node_rank,
+      "local_rank", trainer.local_rank, "main", os.environ["MASTER_ADDR"], "auto_requeue", environment.auto_requeue)
 torch.distributed.destroy_process_group()  # as `l2m train` does: left to exit, gloo may abort the process
 """
 
 
 @pytest.mark.slow
-def test_a_trainer_given_cluster_plugins_under_srun_leaves_requeueing_to_the_job(slurm_cluster, tmp_path):
+@pytest.mark.parametrize("cluster,nodes", [("slurm_cluster", 1), ("slurm_two_nodes", 2)])
+def test_a_trainer_given_cluster_plugins_under_srun_leaves_requeueing_to_the_job(request, tmp_path, cluster, nodes):
+    """Every rank's place comes from SLURM: on two nodes, ranks 2 and 3 run on node2 as its local ranks 0 and 1, and all
+    meet at the first node's address."""
+    cluster = request.getfixturevalue(cluster)
     (tmp_path / "fit.py").write_text(FIT_UNDER_SRUN)
-    out = subprocess.run(["sbatch", "--parsable", "--ntasks-per-node=2", "--cpus-per-task=1", "--job-name=fit", f"--chdir={tmp_path}",
-                          f"--wrap=srun {sys.executable} fit.py"], env=slurm_cluster.env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(["sbatch", "--parsable", f"--nodes={nodes}", "--ntasks-per-node=2", "--cpus-per-task=1", "--job-name=fit",
+                          f"--chdir={tmp_path}", f"--wrap=srun {sys.executable} fit.py"], env=cluster.env, capture_output=True,
+                         text=True, timeout=60)
     job_id = out.stdout.strip()
-    job = slurm_cluster.wait_for_job(job_id, timeout=120)
+    job = cluster.wait_for_job(job_id, timeout=300)
     log = (tmp_path / f"slurm-{job_id}.out").read_text()
     assert job["ExitCode"] == "0:0", log[-3000:]
-    assert "world 2 rank 0 auto_requeue False" in log and "world 2 rank 1 auto_requeue False" in log
+    for rank in range(2 * nodes):
+        assert (f"world {2 * nodes} rank {rank} on node{rank // 2 + 1} node_rank {rank // 2} local_rank {rank % 2} main node1 "
+                "auto_requeue False") in log, log[-3000:]
     assert "SLURM auto-requeueing enabled" not in log  # Lightning installed no SIGUSR1 requeue handler
 
 
