@@ -13,7 +13,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from l2m_train.config import Config, from_dict, memory_read_layers
 from l2m_train.model import MemoryDecoder
 from l2m_train.model.flops import forward_flops_per_token, train_flops_per_token
-from l2m_train.train.lightning_compat import attached_trainer, compute_dtype
+from l2m_train.train.lightning_compat import attached_trainer, compute_dtype, logs_this_step
 from l2m_train.train.optim import adamw, lr_at
 from l2m_train.train.reconstruction import reconstruction_loss
 from l2m_train.train.retrieval import RetrievalHead
@@ -64,12 +64,17 @@ class LM2Module(L.LightningModule):
         self.log(f"{prefix}/exact", result.exact.float() / result.samples.clamp(min=1), **how)
         if out.context is not None:
             self.log(f"{prefix}/context_loss", out.context.detach(), **how)
-        for s, value in enumerate(result.per_segment.tolist()):  # one device sync for all segments
-            if not math.isnan(value):  # segments without supervised tokens have no loss to show
-                self.log(f"{prefix}/loss_seg{s}", value, **how)
+        if not train or self._logs_this_step():  # reading them waits for the device: only where they are written
+            for s, value in enumerate(result.per_segment.tolist()):  # one device sync for all segments
+                if not math.isnan(value):  # segments without supervised tokens have no loss to show
+                    self.log(f"{prefix}/loss_seg{s}", value, **how)
         if train:
             self.log_dict({f"gates/{name}": value for name, value in out.gates.items()}, **how)
         return loss
+
+    def _logs_this_step(self) -> bool:
+        trainer = attached_trainer(self)
+        return trainer is None or logs_this_step(trainer)
 
     def _early_params(self) -> list[torch.nn.Parameter]:
         """What segment_backward takes gradients of early: every trainable parameter, except under ZeRO-3, whose
