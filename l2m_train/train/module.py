@@ -13,6 +13,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from l2m_train.config import Config, from_dict, memory_read_layers
 from l2m_train.model import MemoryDecoder
 from l2m_train.model.flops import forward_flops_per_token, train_flops_per_token
+from l2m_train.train.compile import compile_segment_step
 from l2m_train.train.lightning_compat import attached_trainer, compute_dtype, logs_this_step
 from l2m_train.train.optim import adamw, lr_at
 from l2m_train.train.reconstruction import reconstruction_loss
@@ -32,6 +33,8 @@ class LM2Module(L.LightningModule):
         self.save_hyperparameters(logger=False)
         self.cfg: Config = from_dict(config)
         self.model = MemoryDecoder(self.cfg.model)
+        if self.cfg.train.compile:
+            compile_segment_step(self.model)
         rec, ret, m = self.cfg.loss.reconstruction, self.cfg.loss.retrieval, self.cfg.model
         readers = memory_read_layers(m)
         self.reconstruction_layers = (rec.layers or readers) if rec.weight > 0 else []  # weight 0: never computed
