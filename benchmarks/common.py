@@ -22,6 +22,7 @@ from torch.optim import Optimizer
 
 from l2m_train.config import Config, load_config
 from l2m_train.model import MemoryDecoder
+from l2m_train.train.compile import compile_segment_step
 from l2m_train.train.optim import adamw
 from l2m_train.train.peak_flops import device_peak_flops
 from l2m_train.train.segment_backward import lm_forward
@@ -100,10 +101,13 @@ def peak_flops(device: torch.device, override_tflops: float | None = None) -> fl
 
 
 def build(overrides: list[str], device: torch.device, optimizer: bool = True) -> tuple[Config, MemoryDecoder, Optimizer | None]:
-    """(config, model, AdamW or None) for the quickstart config under `overrides`, the model on `device`."""
+    """(config, model, AdamW or None) for the quickstart config under `overrides`, the model on `device` (its
+    per-segment step compiled under train.compile=true, as training does)."""
     cfg = load_config(None, overrides)
     torch.manual_seed(0)
     model = MemoryDecoder(cfg.model).to(device)
+    if cfg.train.compile:
+        compile_segment_step(model)
     return cfg, model, adamw(model, cfg.optim) if optimizer else None
 
 

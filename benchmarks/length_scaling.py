@@ -108,6 +108,9 @@ def main() -> None:
                 results[name][T] = {"tokens_per_s": args.batch * T / statistics.median(times), "step_s": times,
                                     "peak_mb": got[-1]["peak_mb"]}
         print(f"  {T:,} tokens: " + ", ".join(f"{n} {fmt(results[n][T].get('tokens_per_s'))}" for n in alive), file=sys.stderr)
+        # After every length, so that a run stopped by a time limit (benchmarks/gpu_check.sh) keeps what it measured.
+        write_json(args.json, device, args, {"overrides": DEFAULTS[args.device] + args.overrides, "batch": args.batch,
+                                             "results": {name: {str(T): r for T, r in rs.items()} for name, rs in results.items()}})
     for w in workers.values():
         w.close()
 
@@ -121,8 +124,6 @@ def main() -> None:
                 [[f"{T:,}"] + [cell(n, T, "tokens_per_s") for n in args.kinds] + [cell(n, T, "peak_mb") for n in args.kinds]
                  for T in lengths],
                 caption=f"batch {args.batch}; tokens/s from the median of {args.steps} steps after {args.warmup} per length")
-    write_json(args.json, device, args, {"overrides": overrides, "batch": args.batch,
-                                         "results": {name: {str(T): r for T, r in rs.items()} for name, rs in results.items()}})
 
 
 if __name__ == "__main__":

@@ -167,6 +167,7 @@ class TrainConfig:
     init_from: str = ""  # a run, checkpoint or export directory: a fresh run starts from its weights (train/init_from.py)
     peak_tflops: float = 0.0  # per device, for MFU; 0 = the known GPUs' dense peaks (train/peak_flops.py); CPUs: no MFU
     max_nonfinite_steps: int = 10  # training stops after this many optimizer steps in a row with a nan or inf loss
+    compile: bool = False  # torch.compile each segment's step (static shapes, one graph per segment): train/compile.py
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Each of Lightning's internals that l2m_train/train/lightning_compat.py uses still works as the installed Lightning
 runs: tiny CPU fits of Lightning's own BoringModel, no l2m model."""
+import csv
 import os
 from importlib import metadata
 from importlib.util import find_spec
@@ -22,6 +23,7 @@ from l2m_train.train.lightning_compat import (
     check_version,
     compute_dtype,
     drop_wandb_anonymous,
+    logs_this_step,
     shift_batch_progress,
 )
 from l2m_train.train.strategy import build_strategy
@@ -117,3 +119,20 @@ def test_the_trainer_attached_and_its_compute_dtype(tmp_path, precision, dtype):
     assert attached_trainer(model) is None
     fit.fit(model)
     assert attached_trainer(model) is fit and compute_dtype(fit) == dtype
+
+
+def test_the_steps_whose_logs_reach_the_loggers(tmp_path):
+    """LM2Module reads its per-segment losses (a device sync) only in the steps whose logs are written."""
+    class Asking(BoringModel):
+        asked: list[tuple[int, bool]] = []
+
+        def training_step(self, batch, batch_idx):
+            self.asked.append((self.trainer.global_step, logs_this_step(self.trainer)))
+            self.log("x", float(batch_idx))
+            return super().training_step(batch, batch_idx)
+
+    fit = trainer(tmp_path, max_steps=7, log_every_n_steps=3, logger=CSVLogger(tmp_path))
+    fit.fit(Asking())
+    assert [step for step, logs in Asking.asked if logs] == [2, 5]  # the 3rd and the 6th step
+    with open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv") as f:
+        assert [row["x"] for row in csv.DictReader(f)] == ["2.0", "5.0"]  # the x of exactly those steps

@@ -11,7 +11,7 @@ from l2m_train.data.recall import RecallTask
 from l2m_train.data.sample import collate
 from l2m_train.model import MemoryDecoder
 from l2m_train.train.losses import lm_loss
-from l2m_train.train.optim import adamw, lr_at
+from l2m_train.train.optim import adamw, fused_on, lr_at
 from l2m_train.train.run import execute, plan
 
 
@@ -45,6 +45,15 @@ def test_weight_decay_applies_to_matrices_only():
     assert initial <= {id(p) for p in no_decay["params"]}
     n_unique = len({id(p) for p in model.parameters()})
     assert len(decay["params"]) + len(no_decay["params"]) == n_unique  # tied embeddings counted once
+
+
+def test_adamw_is_fused_on_cuda_only():
+    model = MemoryDecoder(load_config().model)
+    assert not fused_on(list(model.parameters())) and not fused_on([])
+    assert adamw(model, OptimConfig()).defaults["fused"] is False  # CPU: the plain implementation
+    if torch.cuda.is_available():  # where a GPU is: `pytest -k fused` in benchmarks/gpu_check.sh
+        assert adamw(model.cuda(), OptimConfig()).defaults["fused"] is True
+        assert not fused_on([torch.zeros(1, device="cuda"), torch.zeros(1)])  # all on CUDA, or none fused
 
 
 def test_recall_samples_put_the_answer_only_in_the_first_segment():

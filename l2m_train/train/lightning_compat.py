@@ -64,3 +64,9 @@ def compute_dtype(trainer: L.Trainer) -> torch.dtype:
     """The dtype the matmuls run in under the trainer's precision (bf16-mixed, 16-mixed, 32-true, ...)."""
     precision = str(trainer.precision)
     return torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else torch.float32
+
+
+def logs_this_step(trainer: L.Trainer) -> bool:
+    """Whether what a training step logs now reaches the loggers (every trainer.log_every_n_steps-th step does;
+    the values of the others are overwritten unseen)."""
+    return trainer._logger_connector.should_update_logs

@@ -13,7 +13,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from l2m_train.config import Config, from_dict, memory_read_layers
 from l2m_train.model import MemoryDecoder
 from l2m_train.model.flops import forward_flops_per_token, train_flops_per_token
-from l2m_train.train.lightning_compat import attached_trainer, compute_dtype
+from l2m_train.train.compile import compile_segment_step
+from l2m_train.train.lightning_compat import attached_trainer, compute_dtype, logs_this_step
 from l2m_train.train.optim import adamw, lr_at
 from l2m_train.train.reconstruction import reconstruction_loss
 from l2m_train.train.retrieval import RetrievalHead
@@ -32,6 +33,8 @@ class LM2Module(L.LightningModule):
         self.save_hyperparameters(logger=False)
         self.cfg: Config = from_dict(config)
         self.model = MemoryDecoder(self.cfg.model)
+        if self.cfg.train.compile:
+            compile_segment_step(self.model)
         rec, ret, m = self.cfg.loss.reconstruction, self.cfg.loss.retrieval, self.cfg.model
         readers = memory_read_layers(m)
         self.reconstruction_layers = (rec.layers or readers) if rec.weight > 0 else []  # weight 0: never computed
@@ -64,12 +67,17 @@ class LM2Module(L.LightningModule):
         self.log(f"{prefix}/exact", result.exact.float() / result.samples.clamp(min=1), **how)
         if out.context is not None:
             self.log(f"{prefix}/context_loss", out.context.detach(), **how)
-        for s, value in enumerate(result.per_segment.tolist()):  # one device sync for all segments
-            if not math.isnan(value):  # segments without supervised tokens have no loss to show
-                self.log(f"{prefix}/loss_seg{s}", value, **how)
+        if not train or self._logs_this_step():  # reading them waits for the device: only where they are written
+            for s, value in enumerate(result.per_segment.tolist()):  # one device sync for all segments
+                if not math.isnan(value):  # segments without supervised tokens have no loss to show
+                    self.log(f"{prefix}/loss_seg{s}", value, **how)
         if train:
             self.log_dict({f"gates/{name}": value for name, value in out.gates.items()}, **how)
         return loss
+
+    def _logs_this_step(self) -> bool:
+        trainer = attached_trainer(self)
+        return trainer is None or logs_this_step(trainer)
 
     def _early_params(self) -> list[torch.nn.Parameter]:
         """What segment_backward takes gradients of early: every trainable parameter, except under ZeRO-3, whose

@@ -5,10 +5,11 @@ whole sample, and its gradients are those of one backward over the whole sample.
 With `memory.bptt_segments = k ≥ 0` every segment but the last k + 1 starts from detached memory (and segments
 without memory never reach each other), so nothing later reads such a segment's graph. Its loss's gradient is
 taken there (`torch.autograd.grad`, which frees the graph and leaves `.grad`, DDP's and DeepSpeed's hooks alone)
-and summed in fp32; the returned loss carries it as s = Σ⟨p, g⟩ with g constant, whose gradient is g (added as
-s − s.detach(), so the loss's value stays the whole sample's loss). So one ordinary backward of the returned loss,
-by whatever strategy trains, applies and synchronises all of it. The price: the sum, one fp32 copy of the gradients
-(two while a segment's gradient is being added), held on every rank.
+and summed in fp32; the returned loss carries it as a term of value 0 whose backward hands those sums to the
+parameters (`_CarriedGradients`). So one ordinary backward of the returned loss, by whatever strategy trains,
+applies and synchronises all of it. The price: the sum, one fp32 copy of the gradients (two while a segment's
+gradient is being added), held on every rank. The sum and the hand-over are for-each ops (a few kernel launches for
+all parameters, not a few per parameter), and nothing here reads a device value on the host.
 """
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def lm_forward(model: MemoryDecoder, input_ids: Tensor, labels: Tensor, valid: T
         loss, context, right = answer_and_context_losses(
             model.logits(piece.hidden), labels[:, span], None if context_labels is None else context_labels[:, span])
         if early_params and piece.cut:
-            with torch.autocast(input_ids.device.type, enabled=False):  # a backward, as Lightning's, outside autocast
+            # A backward, as Lightning's, outside autocast; named for torch.profiler (benchmarks/profile_step.py).
+            with torch.autocast(input_ids.device.type, enabled=False), torch.profiler.record_function("early_backward"):
                 early = _accumulate(early, torch.autograd.grad(share(loss, context), early_params, allow_unused=True))
             loss, context = loss.detach(), None if context is None else context.detach()
         losses.append(loss)
@@ -73,15 +75,34 @@ def lm_forward(model: MemoryDecoder, input_ids: Tensor, labels: Tensor, valid: T
         context = torch.cat(contexts, dim=1).sum() / context_count
         total = total + context_weight * context
     if early is not None:
-        carried = sum((p * g.to(p.dtype)).sum() for p, g in zip(early_params, early) if g is not None)
-        total = total + (carried - carried.detach())
+        reached = [i for i, g in enumerate(early) if g is not None]
+        total = total + _CarriedGradients.apply([early[i] for i in reached], *[early_params[i] for i in reached])
     return LMForward(total, lm, context, mean_gates(gates), aux if keep_aux else None)
+
+
+class _CarriedGradients(torch.autograd.Function):
+    """A scalar 0 over the parameters whose backward gives each its early gradient (times the incoming gradient):
+    the gradient of Σ⟨p, g⟩ − its value, without computing that sum."""
+
+    @staticmethod
+    def forward(ctx, grads: list[Tensor], *params: Tensor) -> Tensor:
+        ctx.grads = grads
+        return params[0].new_zeros((), dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx, scale: Tensor) -> tuple[None, ...] | tuple[Tensor, ...]:
+        grads, ctx.grads = ctx.grads, None  # autograd casts each to its parameter's dtype
+        return None, *torch._foreach_mul(grads, scale)
 
 
 def _accumulate(total: list[Tensor | None] | None, grads: tuple[Tensor | None, ...]) -> list[Tensor | None]:
     """total + grads in fp32, in place (None: a parameter no piece has reached yet)."""
     total = [None] * len(grads) if total is None else total
-    for i, g in enumerate(grads):
-        if g is not None:  # a copy first: autograd may hand back a tensor it shares
-            total[i] = g.to(torch.float32, copy=True) if total[i] is None else total[i].add_(g)
+    first = [i for i, g in enumerate(grads) if g is not None and total[i] is None]
+    more = [i for i, g in enumerate(grads) if g is not None and total[i] is not None]
+    if first:  # copies (×1): autograd may hand back a tensor it shares
+        for i, copy in zip(first, torch._foreach_mul([grads[i].float() for i in first], 1.0)):
+            total[i] = copy
+    if more:
+        torch._foreach_add_([total[i] for i in more], [grads[i] for i in more])
     return total
