@@ -3,6 +3,8 @@
 One code path serves training, segment-by-segment streaming and token-by-token generation: `forward`
 cuts its input at segment boundaries and `_step` processes a piece that stays inside one segment,
 extending the state's KV cache; when a segment completes, the memory is written and the cache dropped.
+Segments that never reach each other (segment-local attention without memory) run a call's whole segments as one
+batch instead, folded into the batch dimension.
 The memory is its kind's (l2m_train/model/memory_kind.py: lm2.py, rmt.py, or none): the loop knows none by name.
 """
 from __future__ import annotations
@@ -55,7 +57,8 @@ class DecoderOutput:
 
 @dataclass
 class Piece:
-    """What `MemoryDecoder.pieces` yields: the result of one stretch of the input that lies inside one segment."""
+    """What `MemoryDecoder.pieces` yields: the result of one stretch of the input that lies inside one segment, or of
+    a run of whole segments computed as one batch (segments that never reach each other)."""
 
     start: int  # its first and one-past-last positions in the call's input
     end: int
@@ -133,7 +136,8 @@ class MemoryDecoder(nn.Module):
             raise ValueError("forward needs at least one token")
         valid = None if valid is None else valid.bool()
         state = state or self.initial_state(B)
-        spans = self._spans(state.pos, T)
+        spans = self._spans(state.pos, T, fold=not state.memory)
+        # A run of whole segments folded into one span counts as one: without memory there is nothing to truncate.
         bptt, n_segments = self.cfg.memory.bptt_segments, sum(1 for start, _ in spans if start == 0)
         segment = 0  # segments started in this call so far
 
@@ -147,25 +151,43 @@ class MemoryDecoder(nn.Module):
                     state = self._segment_start(self.memory.segment_start(tuple(m.detach() for m in state.memory)))
                 segment += 1
             step_valid = None if valid is None else valid[:, a:b]
+            step = self._step if self.window is None or b - a <= self.window else self._whole_segments
             if self.cfg.activation_checkpointing and torch.is_grad_enabled():
-                out = checkpoint(self._step, idx[:, a:b], state, step_valid, keep_aux, attached, use_reentrant=False)
+                out = checkpoint(step, idx[:, a:b], state, step_valid, keep_aux, attached, use_reentrant=False)
             else:
-                out = self._step(idx[:, a:b], state, step_valid, keep_aux, attached)
+                out = step(idx[:, a:b], state, step_valid, keep_aux, attached)
             hidden, state, gates, aux = out
             # Segments without memory (local attention) never reach each other; the others through memory.
             cut = i + 1 < len(spans) and spans[i + 1][0] == 0 and (not state.memory or truncated(segment))
             yield Piece(a, b, hidden, state, gates, aux, cut)
 
-    def _spans(self, pos: int, T: int) -> list[tuple[int, tuple[int, int]]]:
-        """Cut T tokens, starting `pos` tokens into a segment, at segment boundaries: (pos at start, (a, b))."""
+    def _spans(self, pos: int, T: int, fold: bool = False) -> list[tuple[int, tuple[int, int]]]:
+        """Cut T tokens, starting `pos` tokens into a segment, at segment boundaries: (pos at start, (a, b)).
+
+        fold: consecutive whole segments make one span (segments that never reach each other run as one batch).
+        """
         if self.window is None:
             return [(pos, (0, T))]
-        spans, a = [], 0
+        L, spans, a = self.window, [], 0
         while a < T:
-            b = min(T, a + self.window - pos)
-            spans.append((pos, (a, b)))
-            pos, a = (pos + b - a) % self.window, b
+            b = min(T, a + L - pos)
+            last = spans[-1] if spans else None
+            if fold and pos == 0 and b - a == L and last and last[0] == 0 and (last[1][1] - last[1][0]) % L == 0:
+                spans[-1] = (0, (last[1][0], b))
+            else:
+                spans.append((pos, (a, b)))
+            pos, a = (pos + b - a) % L, b
         return spans
+
+    def _whole_segments(
+        self, idx: Tensor, state: DecoderState, valid: Tensor | None, keep_aux: bool, attached: MemoryState
+    ) -> tuple[Tensor, DecoderState, dict[str, Tensor], dict[int, MemoryTrace]]:
+        """Whole segments that never reach each other, as one `_step` over B · segments rows of one segment each."""
+        B, T = idx.shape
+        rows = B * (T // self.window)
+        hidden, state, gates, aux = self._step(
+            idx.reshape(rows, self.window), state, None if valid is None else valid.reshape(rows, self.window), keep_aux, attached)
+        return hidden.reshape(B, T, -1), state, gates, aux
 
     def _step(
         self, idx: Tensor, state: DecoderState, valid: Tensor | None, keep_aux: bool, attached: MemoryState
