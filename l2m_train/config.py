@@ -328,8 +328,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         cfg: Config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(_describe(err)) from None
+    _keep_memory_keys_of_the_kind(cfg.model.memory, [*presets, body, *dotted])
     validate(cfg)
     return cfg
+
+
+def _keep_memory_keys_of_the_kind(memory: MemoryConfig, sources: list[DictConfig]) -> None:
+    """A model.memory key that the chosen kind does not use is refused where it is set, to other than its default, by
+    the source that chooses the kind (a preset, the YAML, an override) or a later one. Set earlier, by a preset or an
+    override meant for another kind (`model=base-125m model.memory.kind=rmt`), it is reset to its default, so that
+    the resolved config (config.yaml, a job's YAML) holds only what the model uses and loads again."""
+    kind, defaults = memory_kind(memory.kind), MemoryConfig()
+    unused = [f.name for f in fields(MemoryConfig) if f.name != "kind" and f.name not in kind.KEYS]
+    chosen = max((i for i, s in enumerate(sources) if OmegaConf.select(s, "model.memory.kind") is not None), default=0)
+    for source in sources[chosen:]:
+        keys = OmegaConf.select(source, "model.memory")
+        keys = OmegaConf.to_container(keys) if isinstance(keys, DictConfig) else {}
+        for key in unused:
+            if key in keys and keys[key] != getattr(defaults, key):
+                raise ConfigError(f"model.memory.{key}={keys[key]} does not apply to model.memory.kind={memory.kind}, "
+                                  f"which uses {', '.join(sorted(kind.KEYS)) or 'no other memory key'}")
+    for key in unused:
+        setattr(memory, key, getattr(defaults, key))
 
 
 def _describe(err: OmegaConfBaseException) -> str:
@@ -357,6 +377,7 @@ def validate(cfg: Config) -> None:
     for key, value in _nonfinite(cfg, "")[:1]:  # nan fails every comparison below, but inf passes most
         raise ConfigError(f"{key} must be a finite number, got {value}")
     m, mem, t, o, d = cfg.model, cfg.model.memory, cfg.train, cfg.optim, cfg.data
+    kind = memory_kind(mem.kind)
     checks = [
         (m.segment_len > 0, f"model.segment_len must be > 0, got {m.segment_len}"),
         (min(m.d_model, m.n_layers, m.vocab_size, m.d_ff) > 0, "model.d_model, n_layers, vocab_size and d_ff must be > 0"),
@@ -364,14 +385,7 @@ def validate(cfg: Config) -> None:
         ((m.d_model // max(m.n_heads, 1)) % 2 == 0, "model.d_model / model.n_heads must be even for rotary embeddings"),
         (m.n_kv_heads > 0 and m.n_heads % m.n_kv_heads == 0, f"model.n_kv_heads={m.n_kv_heads} must divide model.n_heads={m.n_heads}"),
         (m.attention in ("segment", "full"), f"model.attention must be 'segment' or 'full', got '{m.attention}'"),
-        (mem.kind in ("lm2", "rmt", "none"), f"model.memory.kind must be lm2, rmt or none, got '{mem.kind}'"),
         (m.attention == "segment" or mem.kind == "none", "model.attention=full is the no-memory baseline: set model.memory.kind=none"),
-        (mem.slots > 0, f"model.memory.slots must be > 0, got {mem.slots}"),
-        (mem.init in ("learned", "identity"), f"model.memory.init must be learned or identity, got '{mem.init}'"),
-        (mem.init != "identity" or mem.slots <= m.d_model, "model.memory.init=identity needs memory.slots <= model.d_model"),
-        (mem.bptt_segments >= -1, f"model.memory.bptt_segments must be >= -1, got {mem.bptt_segments}"),
-        (all(0 <= i < m.n_layers for i in mem.layers or []), f"model.memory.layers {mem.layers} out of range for {m.n_layers} layers"),
-        (mem.layers != [] or mem.kind != "lm2", "model.memory.layers is empty: for no memory use model.memory.kind=none"),
         (d.segments > 0, f"data.segments must be > 0, got {d.segments}"),
         (d.recall.pairs > 0 and d.recall.train_samples >= 0, "data.recall.pairs must be > 0 and data.recall.train_samples >= 0"),
         (d.val_samples > 0, "data.val_samples must be > 0"),
@@ -400,7 +414,8 @@ def validate(cfg: Config) -> None:
         (cfg.wandb.mode in ("auto", "online", "offline", "disabled"),
          f"wandb.mode must be auto, online, offline or disabled, got '{cfg.wandb.mode}'"),
     ]
-    for ok, message in checks + _curriculum_checks(cfg) + _loss_checks(cfg) + _strategy_checks(cfg) + _slurm_checks(cfg):
+    checks += kind.config_checks(m) + _curriculum_checks(cfg) + _loss_checks(cfg) + _strategy_checks(cfg) + _slurm_checks(cfg)
+    for ok, message in checks:
         if not ok:
             raise ConfigError(message)
 
@@ -453,18 +468,18 @@ def _slurm_checks(cfg: Config) -> list[tuple[bool, str]]:
             (s.signal_seconds > 0, f"slurm.signal_seconds must be > 0, got {s.signal_seconds}")]
 
 
-def memory_read_layers(cfg: ModelConfig) -> list[int]:
-    """Blocks whose tokens read memory: lm2's memory layers, every block for rmt (its memory tokens), none for none."""
-    if cfg.memory.kind == "none":
-        return []
-    if cfg.memory.kind == "rmt" or cfg.memory.layers is None:
-        return list(range(cfg.n_layers))
-    return sorted(set(cfg.memory.layers))
+def memory_kind(name: str):
+    """The memory kind's class (l2m_train/model/kinds.py), which knows its keys and checks their values."""
+    from l2m_train.model.kinds import MEMORY_KINDS  # the model package imports this module: import it when used
+
+    if name not in MEMORY_KINDS:
+        raise ConfigError(f"model.memory.kind must be one of {', '.join(MEMORY_KINDS)}, got '{name}'")
+    return MEMORY_KINDS[name]
 
 
 def _loss_checks(cfg: Config) -> list[tuple[bool, str]]:
     rec, ret, kind = cfg.loss.reconstruction, cfg.loss.retrieval, cfg.model.memory.kind
-    readers = memory_read_layers(cfg.model)
+    readers = memory_kind(kind).read_layers(cfg.model)
     checks = [(min(rec.weight, ret.weight, cfg.loss.context.weight) >= 0,  # nan and inf: refused by validate first
                "loss.reconstruction.weight, loss.retrieval.weight and loss.context.weight must be >= 0"),
               (ret.dim > 0 and ret.temperature > 0, "loss.retrieval.dim and loss.retrieval.temperature must be > 0")]

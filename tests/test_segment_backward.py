@@ -45,12 +45,12 @@ def _backward(model, loss) -> dict[str, torch.Tensor]:
 
 
 # 6 segments of 8 tokens, the last one short. Early backwards: after every segment whose successor starts from
-# detached memory (bptt k: segments 1 … 5 − k), and between any two segments without memory.
+# detached memory (bptt k: segments 1 … 5 − k); without memory, after the 5 whole segments, run as one batch.
 @pytest.mark.parametrize("context_weight", [None, 0.7])  # the context loss off, and on
 @pytest.mark.parametrize("kind,attention,bptt,early,extra", [
     ("lm2", "segment", 0, 5, {}), ("lm2", "segment", 3, 2, {}), ("lm2", "segment", -1, 0, {}),
     ("lm2", "segment", 1, 4, {"activation_checkpointing": True, "tie_embeddings": False}),
-    ("rmt", "segment", 1, 4, {}), ("none", "segment", -1, 5, {}), ("none", "full", 0, 0, {})])
+    ("rmt", "segment", 1, 4, {}), ("none", "segment", -1, 1, {}), ("none", "full", 0, 0, {})])
 def test_early_backwards_give_the_gradients_of_one_backward(kind, attention, bptt, early, extra, context_weight,
                                                            monkeypatch):
     model = tiny_model(kind, attention, memory={"bptt_segments": bptt}, **extra).train()

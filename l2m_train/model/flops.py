@@ -18,7 +18,8 @@ Convention (docs/benchmarks.md):
 """
 from __future__ import annotations
 
-from l2m_train.config import ModelConfig, memory_read_layers
+from l2m_train.config import ModelConfig
+from l2m_train.model.kinds import memory_read_layers
 
 
 def block_matmul_params(cfg: ModelConfig) -> int:

@@ -1,9 +1,15 @@
-"""Llama-style building blocks: rotary embeddings, grouped-query attention with a KV cache, SwiGLU."""
+"""Llama-style building blocks: rotary embeddings, grouped-query attention with a KV cache, SwiGLU, the block."""
 from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from l2m_train.config import ModelConfig
+
+KVCache = tuple[Tensor, Tensor]
 
 
 def rotary_tables(head_dim: int, positions: Tensor, base: float) -> tuple[Tensor, Tensor]:
@@ -94,3 +100,45 @@ class SwiGLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.w_gate_up(x).chunk(2, dim=-1)
         return self.w_down(F.silu(gate) * up)
+
+
+class BlockOutput(NamedTuple):
+    output: Tensor  # B × T × d, the block's output y
+    cache: tuple[Tensor, Tensor]  # the cache extended by the block's keys/values
+    queries: Tensor  # the self-attention's rotated queries
+    read: Any  # what the memory's read returned besides its addition (None: no read)
+
+
+class Block(nn.Module):
+    """Pre-norm block; with a memory read, h = x + SelfAttn(norm x) + read(norm x), then y = h + MLP(norm h)."""
+
+    def __init__(self, cfg: ModelConfig, memory: Callable[[], nn.Module | None]):
+        """memory: builds the block's memory module (called after the block's own, which fixes the init's order)."""
+        super().__init__()
+        d = cfg.d_model
+        self.attn_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.attn = SelfAttention(d, cfg.n_heads, cfg.n_kv_heads, cfg.rope_base)
+        self.mlp_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.mlp = SwiGLU(d, cfg.d_ff)
+        self.memory = memory()
+
+    def forward(self, x: Tensor, cache: tuple[Tensor, Tensor] | None, key_valid: Tensor | None,
+                read: Callable[[Tensor], tuple[Tensor, Any]] | None = None) -> BlockOutput:
+        """read: RMSNorm(x) → (what to add to the residual stream, anything to hand back as `read`)."""
+        x_normed = self.attn_norm(x)
+        attn_out, cache, queries = self.attn(x_normed, cache, key_valid)
+        h = x + attn_out
+        info = None
+        if read is not None:
+            added, info = read(x_normed)  # RMSNorm(x) is shared with self-attention
+            h = h + added
+        return BlockOutput(h + self.mlp(self.mlp_norm(h)), cache, queries, info)
+
+
+def concat_valid(past: Tensor | None, n_past: int, new: Tensor | None, n_new: int, B: int, device) -> Tensor | None:
+    """Validity of all cached plus new tokens, or None when every one of them is real."""
+    if past is None and new is None:
+        return None
+    past = torch.ones(B, n_past, dtype=torch.bool, device=device) if past is None else past
+    new = torch.ones(B, n_new, dtype=torch.bool, device=device) if new is None else new
+    return torch.cat((past, new), dim=1)

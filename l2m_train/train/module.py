@@ -10,9 +10,10 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import grad_norm
 from torch.optim.lr_scheduler import LambdaLR
 
-from l2m_train.config import Config, from_dict, memory_read_layers
+from l2m_train.config import Config, from_dict
 from l2m_train.model import MemoryDecoder
 from l2m_train.model.flops import forward_flops_per_token, train_flops_per_token
+from l2m_train.model.kinds import memory_read_layers
 from l2m_train.train.compile import compile_segment_step
 from l2m_train.train.lightning_compat import attached_trainer, compute_dtype, logs_this_step
 from l2m_train.train.optim import adamw, lr_at
