@@ -27,7 +27,8 @@ from l2m_train.train.optim import adamw
 from l2m_train.train.peak_flops import device_peak_flops
 from l2m_train.train.segment_backward import lm_forward
 
-# The four models of issue 7, one backbone: (name, config overrides).
+# The four models of issue 7, one backbone: (name, config overrides). A kind's overrides come after the user's, so a
+# memory key given for every kind (model.memory.slots=4) is reset to its default for the kinds that do not use it.
 KINDS = {
     "none-local": ["model.memory.kind=none"],
     "none-full": ["model.memory.kind=none", "model.attention=full"],

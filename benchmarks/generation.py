@@ -45,7 +45,7 @@ DEFAULTS = {"cpu": ["model=small", "model.n_layers=4"], "cuda": ["model=small"]}
 
 def worker(name: str, args: argparse.Namespace) -> None:
     device = setup(args.device, args.threads)
-    cfg, model, _ = build(DEFAULTS[args.device] + KINDS[name] + args.overrides, device, optimizer=False)
+    cfg, model, _ = build(DEFAULTS[args.device] + args.overrides + KINDS[name], device, optimizer=False)
     model.eval()
     V = cfg.model.vocab_size
     state, consumed = None, 0

@@ -42,7 +42,7 @@ DEFAULTS = {"cpu": ["model=tiny", "model.segment_len=128", "model.memory.slots=1
 
 def worker(name: str, args: argparse.Namespace) -> None:
     device = setup(args.device, args.threads)
-    cfg, model, opt = build(DEFAULTS[args.device] + KINDS[name] + args.overrides, device)
+    cfg, model, opt = build(DEFAULTS[args.device] + args.overrides + KINDS[name], device)
 
     def measure(T: int, warmup: bool) -> float:
         """Seconds of one step on a sample of T tokens, after the warm-up steps if asked."""

@@ -34,7 +34,7 @@ ATTENTION = {"flash": "flash_attention", "efficient": "efficient_attention", "cu
 
 
 def profile_kind(name: str, args: argparse.Namespace, device: torch.device) -> dict:
-    cfg, model, opt = build(DEFAULTS[args.device] + KINDS[name] + args.overrides, device)
+    cfg, model, opt = build(DEFAULTS[args.device] + args.overrides + KINDS[name], device)
     B, T = cfg.train.micro_batch, cfg.sample_len
     tokens = torch.randint(0, cfg.model.vocab_size, (B, T + 1), device=device)
     for _ in range(args.warmup):
