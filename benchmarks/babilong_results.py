@@ -6,6 +6,8 @@ record and a markdown table.
     python benchmarks/babilong_results.py --preset gpu     # one GPU, bf16: the results of record
     python benchmarks/babilong_results.py --preset gpu --long              # also 64k and 128k
     python benchmarks/babilong_results.py --preset gpu train.max_tokens=400000000 --runs runs/bl-400m   # a bigger budget
+    python benchmarks/babilong_results.py --preset ladder-cpu --kinds none-full lm2 none-local --init-from none-full
+        # none-full first; lm2 and none-local then start from its weights (the memory fresh): pretrain, then add memory
 
 Every step is an `l2m` command, run as users run it, printed before it runs and recorded in the JSON. The kinds:
 segment-local and full-attention `none`, `rmt`, `lm2`, and `lm2` with both auxiliary losses (docs/aux-losses.md).
@@ -60,6 +62,7 @@ class Preset:
     full_max: int | None  # longest length full attention is evaluated at (its cost grows with the square); None: all
     eval_threads: int | None  # OMP_NUM_THREADS for evaluation (training sets train.threads in its YAML)
     generated: int = 0  # train on this many stories per task from `l2m data babi-generate`; 0: the real bAbI stories
+    finetune_tokens: int = 0  # with --init-from: the budget of the runs that start from another's weights; 0: the config's
 
 
 PRESETS = {
@@ -73,11 +76,12 @@ PRESETS = {
     # evaluated on real ones.
     "ladder-gpu": Preset(config="babilong-ladder-gpu", vocab=1024, train_lengths=("0k",), train_samples=100000, val_samples=200,
                          tasks=("qa1",), lengths=("0k",), long=(), samples=250, batch_tokens=65536, full_max=None,
-                         eval_threads=None, generated=20000),
+                         eval_threads=None, generated=20000, finetune_tokens=18432000),
     # Rung 1 at CPU scale: the same data, 2 blocks of d=128, ~1 hour of one core per run (use --kinds none-full).
+    # Rung 2 at CPU scale: --init-from none-full, 6,000 steps from its weights.
     "ladder-cpu": Preset(config="babilong-ladder-cpu", vocab=1024, train_lengths=("0k",), train_samples=100000, val_samples=200,
                          tasks=("qa1",), lengths=("0k",), long=(), samples=250, batch_tokens=65536, full_max=None,
-                         eval_threads=1, generated=20000),
+                         eval_threads=1, generated=20000, finetune_tokens=18432000),
 }
 FULL = "none-full"
 
@@ -145,6 +149,17 @@ def read_rows(path: Path) -> dict:
     for task, length, correct, samples, accuracy in json.loads(path.read_text())["rows"]:
         cells.setdefault(task, {})[length_label(length)] = {"correct": correct, "samples": samples, "accuracy": accuracy}
     return cells
+
+
+def read_by_distance(run: Path) -> dict:
+    """task -> facts after the last supporting one -> [correct, samples], summed over the run's evaluated lengths."""
+    by: dict = {}
+    for path in sorted((run / "eval-babilong").rglob("babilong.json")):
+        for task, counts in json.loads(path.read_text()).get("by_distance", {}).items():
+            for n, (correct, samples) in counts.items():
+                cell = by.setdefault(task, {}).setdefault(n, [0, 0])
+                cell[0], cell[1] = cell[0] + correct, cell[1] + samples
+    return by
 
 
 def evaluate(steps: Steps, kind: str, run: Path, stamp: str, lengths: list[int], args: argparse.Namespace, preset: Preset,
@@ -235,6 +250,7 @@ def markdown(record: dict) -> str:
             lines.append(row(f"{PAPER['model']}, same tasks", {paper_label: sum(PAPER["accuracy"][t] for t in tasks) / len(tasks)}))
     if len(record.get("seeds", [0])) > 1:
         lines += seed_spread(record)
+    lines += distance_table(record)
     if notes:
         lines.append("")
         lines += [f"{mark} {reason}" for reason, mark in notes.items()]
@@ -262,9 +278,31 @@ def seed_spread(record: dict) -> list[str]:
     return lines
 
 
+def distance_table(record: dict) -> list[str]:
+    """Per task: each run's accuracy by how many facts follow the last supporting one (all its evaluated lengths)."""
+    lines = []
+    for task in record["tasks"]:
+        runs = {name: r["by_distance"][task] for name, r in record["kinds"].items() if task in r.get("by_distance", {})}
+        if not runs:
+            continue
+        distances = sorted({n for by in runs.values() for n in by})
+        lines += ["", f"**{task} by facts after the last supporting one (correct/samples)**", "",
+                  "| kind | " + " | ".join(distances) + " |", "|---" * (len(distances) + 1) + "|"]
+        for name, by in runs.items():
+            lines.append(f"| {name} | " + " | ".join(f"{pct(by[n][0] / by[n][1])} ({by[n][0]}/{by[n][1]})" if n in by else ""
+                                                      for n in distances) + " |")
+    return lines
+
+
+def mean_line(ax, points: list[tuple[int, list[float]]], label: str) -> None:
+    """Accuracies at x positions: the mean over seeds, bars their standard deviation."""
+    ax.errorbar([i for i, _ in points], [100 * statistics.mean(xs) for _, xs in points],
+                yerr=[100 * statistics.stdev(xs) if len(xs) > 1 else 0 for _, xs in points], marker="o", capsize=3, label=label)
+
+
 def plot(record: dict, path: Path) -> None:
-    """Accuracy against context length, one line per kind (the mean over its seeds, bars: their standard deviation),
-    one panel per task, chance dashed."""
+    """Per task, accuracy against context length (left) and by facts after the last supporting one (right), one line
+    per kind (the mean over its seeds, bars: their standard deviation), chance dashed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -273,19 +311,24 @@ def plot(record: dict, path: Path) -> None:
     for name, r in record["kinds"].items():
         by_kind.setdefault(name.split(" seed ")[0], []).append(r)
     labels, tasks = record["lengths"], record["tasks"]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(10, 3.6 * len(tasks)), squeeze=False)
+    for (ax, by_facts), task in zip(axes, tasks):
+        chance_line = 100 * record["chance"][task]["uniform"]
         for kind, rs in by_kind.items():
             points = [(i, [r["accuracy"][task][label]["accuracy"] for r in rs if label in r["accuracy"].get(task, {})])
                       for i, label in enumerate(labels)]
-            points = [(i, xs) for i, xs in points if xs]
-            ax.errorbar([i for i, _ in points], [100 * statistics.mean(xs) for _, xs in points],
-                        yerr=[100 * statistics.stdev(xs) if len(xs) > 1 else 0 for _, xs in points], marker="o", capsize=3,
-                        label=f"{kind} ({len(rs)} seed{'s' * (len(rs) > 1)})")
-        ax.axhline(100 * record["chance"][task]["uniform"], color="grey", linestyle="--", label="chance")
-        ax.set(xticks=range(len(labels)), xticklabels=labels, ylim=(0, 100), xlabel="context length (tokens)",
-               ylabel="exact answers (%)", title=f"{task}, {record['samples']} held-out samples per length")
-        ax.legend(fontsize=7)
+            mean_line(ax, [(i, xs) for i, xs in points if xs], f"{kind} ({len(rs)} seed{'s' * (len(rs) > 1)})")
+            counts = [r.get("by_distance", {}).get(task, {}) for r in rs]
+            distances = sorted({n for by in counts for n in by})
+            mean_line(by_facts, [(i, [by[n][0] / by[n][1] for by in counts if n in by]) for i, n in enumerate(distances)], kind)
+            by_facts.set(xticks=range(len(distances)), xticklabels=distances, xlim=(-0.5, len(distances) - 0.5))
+        ax.set(xticks=range(len(labels)), xticklabels=labels, xlim=(-0.5, len(labels) - 0.5), xlabel="context length (tokens)",
+               title=f"{task}, {record['samples']} held-out samples per length")
+        by_facts.set(xlabel="facts after the last supporting one", title=f"{task}, all evaluated lengths")
+        for a in (ax, by_facts):
+            a.axhline(chance_line, color="grey", linestyle="--", label="chance")
+            a.set(ylim=(0, 105), ylabel="exact answers (%)")
+            a.legend(fontsize=7, loc="center left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -295,7 +338,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=PRESETS, default="cpu", help="cpu: a tiny model, ~40 min on 2 cores; gpu: "
                         "~28-35M parameters, segments of 512, bf16; ladder-gpu: qa1 at 0k in segments of 16 (issue 14's "
-                        "rungs 1-2), trained on generated stories; ladder-cpu: rung 1 (full attention) at CPU scale (default: cpu)")
+                        "rungs 1-2), trained on generated stories; ladder-cpu: rungs 1 and 2 at CPU scale (rung 2: --init-from "
+                        "none-full) (default: cpu)")
     parser.add_argument("--tasks", nargs="+", metavar="qaN", help="bAbI tasks (default: cpu qa1; gpu qa1 qa2 qa4 qa5; "
                         f"{BABI} has no qa3)")
     parser.add_argument("--lengths", nargs="+", metavar="LEN", help="evaluated lengths (default: 0k 1k 2k 4k 8k 16k 32k)")
@@ -311,6 +355,9 @@ def main() -> None:
     parser.add_argument("--out", help="the JSON record (default: benchmarks/out/babilong_results-PRESET.json)")
     parser.add_argument("--markdown", help="also write the tables here (they are printed anyway)")
     parser.add_argument("--plot", help="also plot accuracy against context length here (PNG; default: beside --out)")
+    parser.add_argument("--init-from", choices=KINDS, metavar="KIND", help="train KIND first; every other kind then starts "
+                        "from the weights of KIND's run of its seed (train.init_from: a memory added to a model without starts "
+                        "fresh), with the preset's fine-tuning budget, in a run named KIND2-from-KIND")
     parser.add_argument("--data-only", action="store_true", help="build the tokenizer and samples, then stop")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="train.seed of each kind's runs; tables then give "
                         "each seed and the mean ± standard deviation over them (default: 0)")
@@ -347,20 +394,39 @@ def main() -> None:
               "lengths": [length_label(n) for n in lengths], "samples": args.samples or preset.samples, "holdout": args.holdout,
               "seeds": args.seeds, "steps": steps.log, "chance": chance(tasks), "paper": PAPER, "kinds": {}, "failed": {}}
 
-    def train_and_evaluate(kind: str, seed: int) -> dict:
-        run = runs / (kind.replace("+", "-") + (f"-seed{seed}" if seed else ""))
-        log = runs / f"{run.name}.log" if args.parallel > 1 else None
-        train = ["l2m", "train", "--config", preset.config, *kind_overrides(kind, args.rec, args.ret), f"data.qa.path={samples}",
-                 f"run.root={runs}", f"run.name={run.name}", *([f"train.seed={seed}"] if seed else []), *args.overrides]
-        trained = steps.check(train, run, stamp, keep=True, log=log)
-        cells, not_run = evaluate(steps, kind, run, trained, lengths, args, preset, tasks, log)
-        return {"run": str(run), "seed": seed, "train": json.loads((run / "result.json").read_text()), "accuracy": cells,
-                "not_run": not_run}
+    def run_name(kind: str, seed: int) -> str:
+        source = f"-from-{args.init_from}" if args.init_from not in (None, kind) else ""
+        return kind.replace("+", "-") + source + (f"-seed{seed}" if seed else "")
 
+    sources = {}  # (seed) -> the future of the --init-from kind's run: the others start from its weights
+
+    def train_and_evaluate(kind: str, seed: int) -> dict:
+        run = runs / run_name(kind, seed)
+        log = runs / f"{run.name}.log" if args.parallel > 1 else None
+        start, upstream = [], stamp
+        if args.init_from not in (None, kind):
+            upstream = sources[seed].result()["stamp"]  # submitted first, so it runs (or is done) before this waits
+            start = [f"train.init_from={runs / run_name(args.init_from, seed)}",
+                     *([f"train.max_tokens={preset.finetune_tokens}"] if preset.finetune_tokens else [])]
+        train = ["l2m", "train", "--config", preset.config, *kind_overrides(kind, args.rec, args.ret), f"data.qa.path={samples}",
+                 f"run.root={runs}", f"run.name={run.name}", *([f"train.seed={seed}"] if seed else []), *start, *args.overrides]
+        trained = steps.check(train, run, upstream, keep=True, log=log)
+        cells, not_run = evaluate(steps, kind, run, trained, lengths, args, preset, tasks, log)
+        return {"run": str(run), "seed": seed, "stamp": trained, "train": json.loads((run / "result.json").read_text()),
+                "accuracy": cells, "not_run": not_run, "by_distance": read_by_distance(run)}
+
+    if args.init_from and args.init_from not in args.kinds:
+        raise SystemExit(f"--init-from {args.init_from}: list it in --kinds too (a run already trained is not trained again)")
     runs.mkdir(parents=True, exist_ok=True)
-    jobs = {(kind, seed): f"{kind} seed {seed}" if len(args.seeds) > 1 else kind for kind in args.kinds for seed in args.seeds}
+    kinds = sorted(args.kinds, key=lambda kind: kind != args.init_from)  # the source first
+    names = {kind: kind if args.init_from in (None, kind) else f"{kind} from {args.init_from}" for kind in kinds}
+    jobs = {(kind, seed): f"{names[kind]} seed {seed}" if len(args.seeds) > 1 else names[kind] for kind in kinds for seed in args.seeds}
     with ThreadPoolExecutor(args.parallel) as pool:  # side by side: small models leave most of a GPU idle
-        futures = {pool.submit(train_and_evaluate, *job): name for job, name in jobs.items()}
+        futures = {}
+        for (kind, seed), name in jobs.items():
+            futures[future := pool.submit(train_and_evaluate, kind, seed)] = name
+            if kind == args.init_from:
+                sources[seed] = future
         for future in as_completed(futures):
             try:
                 record["kinds"][futures[future]] = future.result()

@@ -90,6 +90,26 @@ def test_a_fresh_run_starts_from_the_source_weights_with_a_fresh_optimizer_sched
     assert not torch.equal(trained["embed.weight"], expected["embed.weight"])  # and then it trains
 
 
+@pytest.mark.parametrize("kind", ["lm2", "rmt"])
+def test_a_model_without_memory_starts_a_memory_model_whose_memory_starts_fresh(tmp_path, kind):
+    execute(plan(tiny(tmp_path, "full", 2, "model.memory.kind=none", "model.attention=full")))
+    probes = {}
+    for name, extra in [("ft", [f"train.init_from={tmp_path / 'full'}"]), ("scratch", [])]:
+        run = plan(tiny(tmp_path, name, 1, f"model.memory.kind={kind}", *extra))
+        probes[name] = FirstStep()
+        run.trainer.callbacks.append(probes[name])
+        execute(run)
+    source, started, scratch = source_weights(tmp_path / "full"), probes["ft"].weights, probes["scratch"].weights
+    assert all(torch.equal(started[k], source[k]) for k in source)  # the backbone...
+    fresh = started.keys() - source.keys()
+    assert fresh and all(".memory." in k or k == "rmt_initial" for k in fresh)
+    assert all(torch.equal(started[k], scratch[k]) for k in fresh)  # ...and the memory as a run from scratch starts it
+    with pytest.raises(ConfigError, match=r"another model \(model.n_heads: 4 in the checkpoint, 2 now\)"):
+        plan(tiny(tmp_path, "other", 1, f"model.memory.kind={kind}", "model.n_heads=2", f"train.init_from={tmp_path / 'full'}"))
+    with pytest.raises(ConfigError, match=f"another model \\(model.memory.kind: {kind} in the checkpoint, none now\\)"):
+        plan(tiny(tmp_path, "dropped", 1, "model.memory.kind=none", f"train.init_from={tmp_path / 'ft'}"))
+
+
 def test_the_fingerprint_is_of_the_weights_whatever_holds_them(source, tmp_path):
     run_dir, exported = source
     fingerprints = {}
@@ -127,6 +147,10 @@ def test_weights_whose_parameters_differ_are_refused_naming_the_first(tmp_path):
         check_same_model(cfg, {k: v for k, v in weights.items() if k != first}, cfg, "x")
     with pytest.raises(ConfigError, match=r"parameter extra is 3 in the checkpoint, absent now"):
         check_same_model(cfg, {**weights, "extra": torch.zeros(3)}, cfg, "x")
+    # A memory key the kind does not use is no difference (configs saved before unused keys were reset kept them).
+    saved = tiny_config("none")
+    saved.memory.slots = 32
+    check_same_model(saved, MemoryDecoder(tiny_config("none")).state_dict(), tiny_config("none"), "x")
     reshaped = {**weights, "final_norm.weight": torch.zeros(7)}
     with pytest.raises(ConfigError, match=r"parameter final_norm.weight is 7 in the checkpoint, 32 now"):
         check_same_model(cfg, reshaped, cfg, "x")

@@ -24,7 +24,9 @@ stops with exit code 1; it never saves non-finite weights.
 train.init_from (a run directory, a checkpoint directory or an `l2m ckpt export`) starts a fresh run from those
 weights, with a fresh optimizer, learning-rate schedule and data position. The model must be the same, on the same
 tokenizer; only model.segment_len, attention, rope_base, activation_checkpointing, memory.bptt_segments and
-memory.forget_bias may differ. A run directory that already holds a checkpoint resumes from it instead.
+memory.forget_bias may differ. A model without memory may also start a memory model (model.memory.kind=lm2 or rmt):
+its backbone starts from the weights, the memory from scratch. A run directory that already holds a checkpoint
+resumes from it instead.
 """
 from __future__ import annotations
 

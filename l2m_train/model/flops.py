@@ -19,7 +19,7 @@ Convention (docs/benchmarks.md):
 from __future__ import annotations
 
 from l2m_train.config import ModelConfig
-from l2m_train.model.kinds import memory_read_layers
+from l2m_train.model.kinds import MEMORY_KINDS
 
 
 def block_matmul_params(cfg: ModelConfig) -> int:
@@ -30,23 +30,11 @@ def block_matmul_params(cfg: ModelConfig) -> int:
 
 def segment_forward_flops(cfg: ModelConfig, length: int, complete: bool = True) -> float:
     """Forward FLOPs of one segment of `length` tokens under segment attention, the LM head included. Only a complete
-    segment writes the memory (a sample's short last segment does not)."""
-    d, S, n, kind = cfg.d_model, cfg.memory.slots, cfg.n_layers, cfg.memory.kind
-    if kind == "rmt":
-        # [read-mem; segment]: S + length positions, causal over themselves; once complete, the S write tokens run over
-        # that cache and themselves.
-        writes = S if complete else 0
-        positions, pairs = S + length + writes, (S + length) ** 2 + writes * (2 * S + length)
-    else:
-        positions, pairs = length, length**2
-    flops = n * (2 * block_matmul_params(cfg) * positions + 4 * d * pairs) + 2 * d * cfg.vocab_size * length  # LM head: tokens only
-    if kind == "lm2":
-        # Read: q, output map and output gate per token (3 d×d), k and v on the S slots (2 d×d); attention: tokens × slots.
-        read = 2 * (3 * d * d * length + 2 * d * d * S) + 4 * d * length * S
-        # Write: k and v per token (2 d×d); q, output map and both gate maps (2 d×2d) on the slots (6 d×d); slots × tokens.
-        write = 2 * (2 * d * d * length + 6 * d * d * S) + 4 * d * S * length
-        flops += len(memory_read_layers(cfg)) * (read + (write if complete else 0))
-    return flops
+    segment writes the memory (a sample's short last segment does not). The memory kind says what it adds."""
+    kind = MEMORY_KINDS[cfg.memory.kind]
+    positions, pairs = kind.segment_positions(cfg, length, complete)
+    backbone = cfg.n_layers * (2 * block_matmul_params(cfg) * positions + 4 * cfg.d_model * pairs)
+    return backbone + 2 * cfg.d_model * cfg.vocab_size * length + kind.memory_flops(cfg, length, complete)  # LM head: tokens only
 
 
 def forward_flops_per_token(cfg: ModelConfig, context: int | None = None) -> float:

@@ -50,6 +50,15 @@ class LM2(MemoryKind):
             (mem.layers != [], "model.memory.layers is empty: for no memory use model.memory.kind=none"),
         ]
 
+    @classmethod
+    def memory_flops(cls, cfg: ModelConfig, length: int, complete: bool) -> float:
+        d, S = cfg.d_model, cfg.memory.slots
+        # Read: q, output map and output gate per token (3 d×d), k and v on the S slots (2 d×d); attention: tokens × slots.
+        read = 2 * (3 * d * d * length + 2 * d * d * S) + 4 * d * length * S
+        # Write: k and v per token (2 d×d); q, output map and both gate maps (2 d×2d) on the slots (6 d×d); slots × tokens.
+        write = 2 * (2 * d * d * length + 6 * d * d * S) + 4 * d * S * length
+        return len(cls.read_layers(cfg)) * (read + (write if complete else 0))
+
     def build_block_memory(self, layer: int) -> nn.Module | None:
         c, mem = self.cfg, self.cfg.memory
         if layer not in self.index:

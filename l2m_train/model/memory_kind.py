@@ -52,6 +52,17 @@ class MemoryKind:
                   "bptt_segments": (mem.bptt_segments >= -1, f"model.memory.bptt_segments must be >= -1, got {mem.bptt_segments}")}
         return [check for key, check in checks.items() if key in cls.KEYS]
 
+    @staticmethod
+    def segment_positions(cfg: ModelConfig, length: int, complete: bool) -> tuple[int, int]:
+        """For l2m_train/model/flops.py: (positions the blocks run over, attention (query, key) pairs per block) for a
+        segment of `length` tokens; complete: a whole segment, which writes the memory."""
+        return length, length**2
+
+    @staticmethod
+    def memory_flops(cfg: ModelConfig, length: int, complete: bool) -> float:
+        """Forward FLOPs of the kind's own memory modules over such a segment (flops.py's conventions)."""
+        return 0.0
+
     def build_block_memory(self, layer: int) -> nn.Module | None:
         """The memory module block `layer` holds (its parameters are saved as blocks.<layer>.memory.*), if any."""
         return None

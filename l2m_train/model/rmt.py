@@ -24,6 +24,14 @@ class RMT(MemoryKind):
     def read_layers(cfg: ModelConfig) -> list[int]:
         return list(range(cfg.n_layers))
 
+    @staticmethod
+    def segment_positions(cfg: ModelConfig, length: int, complete: bool) -> tuple[int, int]:
+        # [read-mem; segment]: S + length positions, causal over themselves; once complete, the S write tokens run over
+        # that cache and themselves.
+        S = cfg.memory.slots
+        writes = S if complete else 0
+        return S + length + writes, (S + length) ** 2 + writes * (2 * S + length)
+
     def build_decoder_parameters(self) -> dict[str, nn.Parameter]:
         self.initial = nn.Parameter(torch.randn(self.cfg.memory.slots, self.cfg.d_model) * 0.02)
         return {"rmt_initial": self.initial}

@@ -174,7 +174,7 @@ def _train(run: PlannedRun) -> RunResult:
     L.seed_everything(cfg.train.seed, verbose=False)
     module = LM2Module(config_dict(cfg))
     if run.init is not None:
-        module.model.load_state_dict(run.init.weights)
+        module.model.load_state_dict(run.init.weights, strict=not run.init.fresh)  # load_init checked every name
         run.init.weights = {}  # every rank holds them whole: free them before training
     params = sum(p.numel() for p in module.model.parameters())  # counted now: ZeRO-3 partitions them
     started = time.perf_counter()
