@@ -394,8 +394,12 @@ def main() -> None:
               "lengths": [length_label(n) for n in lengths], "samples": args.samples or preset.samples, "holdout": args.holdout,
               "seeds": args.seeds, "steps": steps.log, "chance": chance(tasks), "paper": PAPER, "kinds": {}, "failed": {}}
 
+    def fine_tuned(kind: str) -> bool:
+        """Whether kind starts from the weights of the --init-from kind."""
+        return args.init_from not in (None, kind)
+
     def run_name(kind: str, seed: int) -> str:
-        source = f"-from-{args.init_from}" if args.init_from not in (None, kind) else ""
+        source = f"-from-{args.init_from}" if fine_tuned(kind) else ""
         return kind.replace("+", "-") + source + (f"-seed{seed}" if seed else "")
 
     sources = {}  # (seed) -> the future of the --init-from kind's run: the others start from its weights
@@ -404,7 +408,7 @@ def main() -> None:
         run = runs / run_name(kind, seed)
         log = runs / f"{run.name}.log" if args.parallel > 1 else None
         start, upstream = [], stamp
-        if args.init_from not in (None, kind):
+        if fine_tuned(kind):
             upstream = sources[seed].result()["stamp"]  # submitted first, so it runs (or is done) before this waits
             start = [f"train.init_from={runs / run_name(args.init_from, seed)}",
                      *([f"train.max_tokens={preset.finetune_tokens}"] if preset.finetune_tokens else [])]
@@ -419,7 +423,7 @@ def main() -> None:
         raise SystemExit(f"--init-from {args.init_from}: list it in --kinds too (a run already trained is not trained again)")
     runs.mkdir(parents=True, exist_ok=True)
     kinds = sorted(args.kinds, key=lambda kind: kind != args.init_from)  # the source first
-    names = {kind: kind if args.init_from in (None, kind) else f"{kind} from {args.init_from}" for kind in kinds}
+    names = {kind: f"{kind} from {args.init_from}" if fine_tuned(kind) else kind for kind in kinds}
     jobs = {(kind, seed): f"{names[kind]} seed {seed}" if len(args.seeds) > 1 else names[kind] for kind in kinds for seed in args.seeds}
     with ThreadPoolExecutor(args.parallel) as pool:  # side by side: small models leave most of a GPU idle
         futures = {}
