@@ -6,8 +6,8 @@ record and a markdown table.
     python benchmarks/babilong_results.py --preset gpu     # one GPU, bf16: the results of record
     python benchmarks/babilong_results.py --preset gpu --long              # also 64k and 128k
     python benchmarks/babilong_results.py --preset gpu train.max_tokens=400000000 --runs runs/bl-400m   # a bigger budget
-    python benchmarks/babilong_results.py --preset ladder-cpu --kinds none-full lm2 none-local --init-from none-full
-        # none-full first; lm2 and none-local then start from its weights (the memory fresh): pretrain, then add memory
+    python benchmarks/babilong_results.py --preset ladder-cpu --kinds none-full lm2 rmt none-local --init-from none-full
+        # none-full first; the other kinds then start from its weights (the memory fresh): pretrain, then add memory
 
 Every step is an `l2m` command, run as users run it, printed before it runs and recorded in the JSON. The kinds:
 segment-local and full-attention `none`, `rmt`, `lm2`, and `lm2` with both auxiliary losses (docs/aux-losses.md).
