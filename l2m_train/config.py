@@ -136,6 +136,9 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_tokens: int = 20_000
     grad_clip: float = 1.0
+    # The memory kind's own parameters learn at lr · memory_lr_scale on the same schedule: for a memory added to a
+    # pretrained backbone (train.init_from), whose fresh weights may want other steps than the backbone's.
+    memory_lr_scale: float = 1.0
 
 
 @dataclass
@@ -407,6 +410,7 @@ def validate(cfg: Config) -> None:
         (0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}"),
         (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), f"optim.betas must be two numbers in [0, 1), got {list(o.betas)}"),
         (o.grad_clip >= 0, f"optim.grad_clip must be >= 0 (0: no clipping), got {o.grad_clip}"),
+        (o.memory_lr_scale > 0, f"optim.memory_lr_scale must be > 0, got {o.memory_lr_scale}"),
         (m.rope_base > 0 and m.norm_eps > 0, "model.rope_base and model.norm_eps must be > 0"),
         (t.max_nonfinite_steps > 0, f"train.max_nonfinite_steps must be > 0, got {t.max_nonfinite_steps}"),
         (_stays_inside(cfg.run.name), f"run.name must be a path inside run.root (not empty, not absolute, no '..'), "

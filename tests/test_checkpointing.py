@@ -316,6 +316,8 @@ def test_resuming_with_another_model_or_strategy_is_refused_naming_the_differenc
         plan(tiny(root, "t", "model.memory.slots=4"))
     with pytest.raises(ConfigError, match="saved with train.strategy=single, this run uses deepspeed"):
         plan(tiny(root, "t", "train.strategy=deepspeed"))
+    with pytest.raises(ConfigError, match=r"trained with optim.memory_lr_scale=1.0, this run sets 3.0: resume with the same"):
+        plan(tiny(root, "t", "optim.memory_lr_scale=3"))
     before = sorted((p.relative_to(run_dir), p.stat().st_mtime_ns) for p in run_dir.rglob("*"))
     out = l2m("train", *overrides(root, "t", "model.n_layers=3"))
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "model.n_layers: 2 in the checkpoint, 3 now" in out.stderr

@@ -92,6 +92,7 @@ def test_a_group_choice_cannot_be_overruled_by_the_yamls_own_group(tmp_path):
         (["optim.grad_clip=-1"], "optim.grad_clip must be >= 0"),
         (["model.norm_eps=0"], "model.rope_base and model.norm_eps must be > 0"),
         (["train.max_nonfinite_steps=0"], "train.max_nonfinite_steps must be > 0"),
+        (["optim.memory_lr_scale=0"], "optim.memory_lr_scale must be > 0, got 0"),
     ],
 )
 def test_bad_configs_name_the_problem(overrides, message):

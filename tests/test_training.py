@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from l2m_train.config import OptimConfig, load_config
 from l2m_train.data import IGNORE
@@ -11,6 +12,7 @@ from l2m_train.data.recall import RecallTask
 from l2m_train.data.sample import collate
 from l2m_train.model import MemoryDecoder
 from l2m_train.train.losses import lm_loss
+from l2m_train.train.module import LM2Module
 from l2m_train.train.optim import adamw, fused_on, lr_at
 from l2m_train.train.run import execute, plan
 
@@ -37,7 +39,7 @@ def test_schedule_warms_up_then_decays_by_tokens():
 
 def test_weight_decay_applies_to_matrices_only():
     model = MemoryDecoder(load_config().model)
-    decay, no_decay = adamw(model, OptimConfig()).param_groups
+    decay, no_decay = adamw(model, OptimConfig(), model.memory_parameters()).param_groups  # memory_lr_scale 1: no more
     assert decay["weight_decay"] > 0 and no_decay["weight_decay"] == 0
     assert all(p.dim() >= 2 for p in decay["params"])
     initial = {id(b.memory.initial) for b in model.blocks}  # learned initial memories: states, not weights
@@ -45,6 +47,26 @@ def test_weight_decay_applies_to_matrices_only():
     assert initial <= {id(p) for p in no_decay["params"]}
     n_unique = len({id(p) for p in model.parameters()})
     assert len(decay["params"]) + len(no_decay["params"]) == n_unique  # tied embeddings counted once
+
+
+@pytest.mark.parametrize("kind", ["lm2", "rmt"])
+def test_memory_parameters_learn_at_their_own_scale_on_the_same_schedule(kind):
+    cfg = load_config(overrides=[f"model.memory.kind={kind}", "optim.memory_lr_scale=4"])
+    module = LM2Module(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    memory = {id(p) for p in module.model.memory_parameters()}
+    assert memory and memory < {id(p) for p in module.model.parameters()}  # rmt: its memory tokens only
+    if kind == "rmt":
+        assert memory == {id(module.model.rmt_initial)}
+    optimizer, schedule = module.configure_optimizers().values()
+    schedule = schedule["scheduler"]
+    for _ in range(3):
+        optimizer.step(), schedule.step()
+    for group in optimizer.param_groups:
+        in_memory = {id(p) in memory for p in group["params"]}
+        assert len(in_memory) == 1  # a group is all memory or all backbone
+        scale = 4 if in_memory.pop() else 1
+        assert group["lr"] == pytest.approx(scale * lr_at(4 * cfg.tokens_per_step, cfg.optim, cfg.train.max_tokens))
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(module.parameters()))
 
 
 def test_adamw_is_fused_on_cuda_only():

@@ -78,8 +78,10 @@ class MemoryDecoder(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, partial(self.memory.build_block_memory, i)) for i in range(cfg.n_layers))
         self.final_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        for name, parameter in self.memory.build_decoder_parameters().items():
+        decoder_memory = self.memory.build_decoder_parameters()
+        for name, parameter in decoder_memory.items():
             self.register_parameter(name, parameter)
+        self._decoder_memory = list(decoder_memory)
         self.apply(self._init_weights)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
@@ -98,6 +100,11 @@ class MemoryDecoder(nn.Module):
     def memory_layers(self) -> list[int]:
         """Blocks that hold a memory module of their own (lm2's memory layers)."""
         return [i for i, block in enumerate(self.blocks) if block.memory is not None]
+
+    def memory_parameters(self) -> list[nn.Parameter]:
+        """The memory kind's own parameters: its modules in the blocks and its parameters on the decoder."""
+        in_blocks = [p for block in self.blocks if block.memory is not None for p in block.memory.parameters()]
+        return in_blocks + [getattr(self, name) for name in self._decoder_memory]
 
     def initial_state(self, batch_size: int) -> DecoderState:
         return self._segment_start(self.memory.initial_state(batch_size, self.blocks))

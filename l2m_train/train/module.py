@@ -127,7 +127,7 @@ class LM2Module(L.LightningModule):
             self.log("train/grad_norm", grad_norm(self.model, norm_type=2)["grad_2.0_norm_total"])
 
     def configure_optimizers(self):
-        optimizer = adamw(self, self.cfg.optim)  # the model and the retrieval heads
+        optimizer = adamw(self, self.cfg.optim, self.model.memory_parameters())  # the model and the retrieval heads
         per_step, total = self.cfg.tokens_per_step, self.cfg.train.max_tokens
         # The schedule is by tokens; with a fixed number of tokens per step, step s has seen (s + 1) · per_step.
         schedule = LambdaLR(optimizer, lambda step: lr_at((step + 1) * per_step, self.cfg.optim, total) / self.cfg.optim.lr)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -9,12 +10,18 @@ from torch import nn
 from l2m_train.config import OptimConfig
 
 
-def adamw(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+def adamw(model: nn.Module, cfg: OptimConfig, memory: Iterable[nn.Parameter] = ()) -> torch.optim.AdamW:
+    """Weight decay on matrices only; `memory` (the memory kind's parameters) in groups of their own at
+    lr · cfg.memory_lr_scale where that scale is not 1 (so runs without it keep the groups their checkpoints hold)."""
     # named_parameters lists tied weights once. Learned initial memories are states, not weights: no decay.
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in named if p.dim() >= 2 and not n.endswith("initial")]
-    no_decay = [p for n, p in named if p.dim() < 2 or n.endswith("initial")]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    apart = {id(p) for p in memory} if cfg.memory_lr_scale != 1 else set()
+    groups = []
+    for is_memory, lr in ((False, cfg.lr), (True, cfg.lr * cfg.memory_lr_scale)):
+        params = [(n, p) for n, p in named if (id(p) in apart) == is_memory]
+        decay = [p for n, p in params if p.dim() >= 2 and not n.endswith("initial")]
+        no_decay = [p for n, p in params if p.dim() < 2 or n.endswith("initial")]
+        groups += [{"params": ps, "weight_decay": wd, "lr": lr} for ps, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)) if ps]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused_on([p for _, p in named]))
 
 

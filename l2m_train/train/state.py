@@ -53,6 +53,11 @@ def check_resume(state: dict[str, Any], cfg: Config, data: TrainingData, checkpo
         raise ConfigError(f"{checkpoint} was trained with another model config ({changed}): resume with the same "
                           f"model, or choose a new run.name")
     data.check_fingerprints(state["hashes"]["data"])
+    saved_scale = state["config"]["optim"].get("memory_lr_scale", 1.0)  # checkpoints from before the key: 1
+    if saved_scale != cfg.optim.memory_lr_scale:  # it sets the optimizer's groups, which the checkpoint holds
+        raise ConfigError(f"{checkpoint} was trained with optim.memory_lr_scale={saved_scale}, this run sets "
+                          f"{cfg.optim.memory_lr_scale}: resume with the same, or start a new run from its weights "
+                          f"(train.init_from)")
     name, stage = strategy_name(cfg), cfg.train.deepspeed.stage
     if (state["strategy"] == "deepspeed") != (name == "deepspeed"):
         raise ConfigError(f"{checkpoint} was saved with train.strategy={state['strategy']}, this run uses {name}: "
