@@ -39,7 +39,7 @@ def test_schedule_warms_up_then_decays_by_tokens():
 
 def test_weight_decay_applies_to_matrices_only():
     model = MemoryDecoder(load_config().model)
-    decay, no_decay = adamw(model, OptimConfig(), model.memory_parameters()).param_groups  # memory_lr_scale 1: no more
+    decay, no_decay = adamw(model, OptimConfig(), model.memory_parameters()).param_groups  # scale 1: memory shares them
     assert decay["weight_decay"] > 0 and no_decay["weight_decay"] == 0
     assert all(p.dim() >= 2 for p in decay["params"])
     initial = {id(b.memory.initial) for b in model.blocks}  # learned initial memories: states, not weights
