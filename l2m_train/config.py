@@ -33,7 +33,6 @@ class MemoryConfig:
     bptt_segments: int = -1  # memory writes the gradient may cross, counted back from the last segment; -1 = all
     forget_bias: float = 1.0  # initial b_f: the memory remembers by default
     write_norm: bool = True  # RMSNorm the block outputs before the write attends to them (false: raw, docs/design-notes.md §1)
-    write_sees_memory: bool = False  # lm2: the write's slots attend to the memory as well as the segment (RMT's do)
 
 
 @dataclass

@@ -56,14 +56,14 @@ def test_full_attention_needs_the_sample_length():
 
 
 @pytest.mark.parametrize("segments", [3, 2.5])
-@pytest.mark.parametrize("kind, attention", KINDS + [("lm2-bptt", "segment"), ("lm2-write-sees-memory", "segment")])
+@pytest.mark.parametrize("kind, attention", KINDS + [("lm2-bptt", "segment")])
 def test_agrees_with_torch_flop_counter(kind, attention, segments):
     """FlopCounterMode counts matmuls (bias adds, norms, softmax, rotary and elementwise gates are not counted, as
     in the formula) and, on the math attention backend, every (query, key) pair of an SDPA call, masked or not.
     The forward agrees exactly, a short last segment included. The backward is 2× the forward, except for the memory
     models where a whole last segment's write feeds no loss or the BPTT window detaches memory (no gradient needed)."""
-    variants = {"lm2-bptt": {"bptt_segments": 1, "layers": [1]}, "lm2-write-sees-memory": {"write_sees_memory": True}}
-    cfg = tiny_config(kind.split("-")[0], attention, memory=variants.get(kind, {}))
+    overrides = {"memory": {"bptt_segments": 1, "layers": [1]}} if kind == "lm2-bptt" else {}
+    cfg = tiny_config(kind.removesuffix("-bptt"), attention, **overrides)
     model = MemoryDecoder(cfg)
     B, T = 2, int(segments * cfg.segment_len)
     idx = torch.randint(0, cfg.vocab_size, (B, T))

@@ -7,10 +7,10 @@ from l2m_train.model import MemoryDecoder
 from l2m_train.model.memory import LM2Memory
 
 
-def _identity_memory(write_norm: bool = False, write_sees_memory: bool = False) -> LM2Memory:
+def _identity_memory(write_norm: bool = False) -> LM2Memory:
     """d = 2, one head, every projection the identity, W_in = I, V_in = 0, W_f = 0, V_f = I, b_in = 0, b_f = 1."""
     memory = LM2Memory(d_model=2, n_heads=1, slots=1, init="learned", forget_bias=1.0, norm_eps=0.0,
-                       write_norm=write_norm, write_sees_memory=write_sees_memory)
+                       write_norm=write_norm)
     eye = torch.eye(2)
     with torch.no_grad():
         for attn in (memory.read_attn, memory.write_attn):
@@ -34,16 +34,6 @@ def test_write_matches_hand_computation():
     torch.testing.assert_close(in_gate, torch.tensor([[[0.596288, 0.647935]]]), rtol=0, atol=1e-5)
     torch.testing.assert_close(forget_gate, torch.tensor([[[0.880797, 0.952574]]]), rtol=0, atol=1e-5)
     torch.testing.assert_close(new, torch.tensor([[[1.102247, 2.257697]]]), rtol=0, atol=1e-5)
-
-
-def test_a_write_that_sees_memory_matches_hand_computation():
-    # The slot attends to RMSNorm(M) = [0.63246, 1.26491] beside y1, y2: scores [1.41421, 0.44721, 0.89443]
-    # → weights [0.50636, 0.19253, 0.30111]; U = [0.51278, 0.94161]; g_in = sigmoid(U) = [0.62546, 0.71942]
-    # g_f = sigmoid(M + 1) = [0.88080, 0.95257]; M' = g_in · tanh(U) + g_f · M = [1.17608, 2.43462]
-    memory = _identity_memory(write_sees_memory=True)
-    new, in_gate, _ = memory.write(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), torch.tensor([[[1.0, 2.0]]]), None)
-    torch.testing.assert_close(in_gate, torch.tensor([[[0.625458, 0.719425]]]), rtol=0, atol=1e-5)
-    torch.testing.assert_close(new, torch.tensor([[[1.176082, 2.434617]]]), rtol=0, atol=1e-5)
 
 
 def test_normalised_write_ignores_the_scale_of_the_residual_stream():
@@ -74,10 +64,9 @@ def test_identity_init_is_one_hot_rows():
     assert not any(p is memory.initial for p in memory.parameters())
 
 
-@pytest.mark.parametrize("write_sees_memory", [False, True])
 @torch.no_grad()
-def test_padding_is_not_written_to_memory(write_sees_memory):
-    memory = _identity_memory(write_sees_memory=write_sees_memory)
+def test_padding_is_not_written_to_memory():
+    memory = _identity_memory()
     M = torch.tensor([[[1.0, 2.0]]])
     y = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
     padded = torch.cat((y, torch.full((1, 3, 2), 50.0)), dim=1)

@@ -27,8 +27,7 @@ class LM2State(MemoryState):
 
 
 class LM2(MemoryKind):
-    KEYS: ClassVar[frozenset[str]] = frozenset({"slots", "layers", "init", "forget_bias", "write_norm", "write_sees_memory",
-                                          "bptt_segments"})
+    KEYS: ClassVar[frozenset[str]] = frozenset({"slots", "layers", "init", "forget_bias", "write_norm", "bptt_segments"})
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -57,17 +56,14 @@ class LM2(MemoryKind):
         # Read: q, output map and output gate per token (3 d×d), k and v on the S slots (2 d×d); attention: tokens × slots.
         read = 2 * (3 * d * d * length + 2 * d * d * S) + 4 * d * length * S
         # Write: k and v per token (2 d×d); q, output map and both gate maps (2 d×2d) on the slots (6 d×d); slots × tokens.
-        # With write_sees_memory the slots are keys and values too (2 d×d, and slots × slots).
-        sources = length + (S if cfg.memory.write_sees_memory else 0)
-        write = 2 * (2 * d * d * sources + 6 * d * d * S) + 4 * d * S * sources
+        write = 2 * (2 * d * d * length + 6 * d * d * S) + 4 * d * S * length
         return len(cls.read_layers(cfg)) * (read + (write if complete else 0))
 
     def build_block_memory(self, layer: int) -> nn.Module | None:
         c, mem = self.cfg, self.cfg.memory
         if layer not in self.index:
             return None
-        return LM2Memory(c.d_model, c.n_heads, mem.slots, mem.init, mem.forget_bias, c.norm_eps, mem.write_norm,
-                         mem.write_sees_memory)
+        return LM2Memory(c.d_model, c.n_heads, mem.slots, mem.init, mem.forget_bias, c.norm_eps, mem.write_norm)
 
     def segment_start(self, memory: tuple[Tensor, ...]) -> LM2State:
         n = len(self.layers)

@@ -70,7 +70,7 @@ class CrossAttention(nn.Module):
 
 class LM2Memory(nn.Module):
     def __init__(self, d_model: int, n_heads: int, slots: int, init: str, forget_bias: float, norm_eps: float,
-                 write_norm: bool = True, write_sees_memory: bool = False):
+                 write_norm: bool = True):
         super().__init__()
         self.norm = nn.RMSNorm(d_model, eps=norm_eps)  # RMSNorm(M), shared by the read keys/values and write queries
         self.read_attn = CrossAttention(d_model, n_heads)
@@ -79,9 +79,6 @@ class LM2Memory(nn.Module):
         # RMSNorm(y) before the write's keys/values: the raw residual stream is ~0.02 in scale at init, which left
         # the design-exact write ~1e-4 of RMSNorm(M) and training on a long plateau (docs/design-notes.md).
         self.write_norm = nn.RMSNorm(d_model, eps=norm_eps) if write_norm else nn.Identity()
-        # The slots may also attend to the memory itself: a slot that finds nothing of its own in the segment can
-        # then keep its content, where the segment alone forces a softmax over tokens that do not concern it.
-        self.write_sees_memory = write_sees_memory
         self.gates_from_update = nn.Linear(d_model, 2 * d_model)  # [W_in | W_f], [b_in | b_f]
         self.gates_from_memory = nn.Linear(d_model, 2 * d_model, bias=False)  # [V_in | V_f]
         self.forget_bias = forget_bias
@@ -130,8 +127,7 @@ class LM2Memory(nn.Module):
         return MemoryTrace(x, valid, read.queries, memory_kv, tokens, read.readout, self.read_attn.attend)
 
     def write(self, y: Tensor, memory: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """M_next = g_in ⊙ tanh(U) + g_f ⊙ M, where the slots attend to the segment's block outputs y (and, with
-        write_sees_memory, to RMSNorm(M) beside them).
+        """M_next = g_in ⊙ tanh(U) + g_f ⊙ M, where the slots attend to the segment's block outputs y.
 
         valid (B × T) keeps padding out of the write; a sample with no real token keeps its memory.
         Returns (M_next, g_in, g_f).
@@ -140,12 +136,7 @@ class LM2Memory(nn.Module):
         if valid is not None:
             has_tokens = valid.any(dim=1)
             valid = valid | ~has_tokens[:, None]  # an all-padding row attends uniformly; its result is discarded below
-        normed, sources = self.norm(memory), self.write_norm(y)
-        if self.write_sees_memory:
-            sources = torch.cat((normed, sources), dim=1)
-            if valid is not None:
-                valid = torch.cat((valid.new_ones(valid.shape[0], normed.shape[1]), valid), dim=1)
-        update, _ = self.write_attn(normed, self.write_attn.keys_values(sources), valid)
+        update, _ = self.write_attn(self.norm(memory), self.write_attn.keys_values(self.write_norm(y)), valid)
         in_gate, forget_gate = torch.sigmoid(self.gates_from_update(update) + self.gates_from_memory(memory)).chunk(2, -1)
         new_memory = in_gate * torch.tanh(update) + forget_gate * memory
         if has_tokens is not None:
