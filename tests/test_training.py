@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 from omegaconf import OmegaConf
 
 from l2m_train.config import OptimConfig, load_config
@@ -73,9 +74,37 @@ def test_adamw_is_fused_on_cuda_only():
     model = MemoryDecoder(load_config().model)
     assert not fused_on(list(model.parameters())) and not fused_on([])
     assert adamw(model, OptimConfig()).defaults["fused"] is False  # CPU: the plain implementation
-    if torch.cuda.is_available():  # where a GPU is: `pytest -k fused` in benchmarks/gpu_check.sh
+    if torch.cuda.is_available():  # where a GPU is (`pytest -k fused`)
         assert adamw(model.cuda(), OptimConfig()).defaults["fused"] is True
+        assert adamw(model.cuda(), OptimConfig(), loss_scaled=True).defaults["fused"] is False  # fp16's loss scaler
         assert not fused_on([torch.zeros(1, device="cuda"), torch.zeros(1)])  # all on CUDA, or none fused
+
+
+class GradNorms(Callback):
+    """The norm of the gradients the optimizer stepped with, after each step (they are cleared before the next)."""
+
+    def __init__(self):
+        self.norms = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.norms.append(torch.nn.utils.get_total_norm([p.grad for p in pl_module.parameters() if p.grad is not None]))
+
+
+def test_the_fused_adamw_under_bf16_mixed_precision_trains_with_clipped_gradients(tmp_path, monkeypatch):
+    """The GPU's default path (fused AdamW, bf16-mixed; Lightning refuses to clip for a fused optimizer), with the
+    fused kernel on CPU in place of CUDA's: the step takes gradients clipped to optim.grad_clip and logs their norm
+    before clipping."""
+    monkeypatch.setattr("l2m_train.train.optim.fused_on", lambda params, loss_scaled=False: not loss_scaled)
+    run = plan(load_config(None, [f"run.root={tmp_path}", "train.max_tokens=3000", "train.micro_batch=8",
+                                  "train.log_every_steps=1", "train.compare_baseline=false", "train.precision=bf16-mixed",
+                                  "optim.grad_clip=0.01"]))
+    norms = GradNorms()
+    run.trainer.callbacks.append(norms)
+    execute(run)
+    assert run.trainer.optimizers[0].defaults["fused"] is True
+    logged = _column(tmp_path / "quickstart" / "logs" / "metrics.csv", "train/grad_norm")
+    assert len(norms.norms) == len(logged) == 3000 // (8 * 48) and min(logged) > 0.1  # well above the clip...
+    assert [n.item() for n in norms.norms] == pytest.approx([0.01] * len(logged), rel=1e-3)  # ...so each step took 0.01
 
 
 def test_recall_samples_put_the_answer_only_in_the_first_segment():

@@ -7,7 +7,6 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
-from lightning.pytorch.utilities import grad_norm
 from torch.optim.lr_scheduler import LambdaLR
 
 from l2m_train.config import Config, from_dict
@@ -123,11 +122,16 @@ class LM2Module(L.LightningModule):
         self._shared_step(batch, val_prefix(self.cfg.data.sources, dataloader_idx))
 
     def on_before_optimizer_step(self, optimizer):
-        if not isinstance(self.trainer.strategy, DeepSpeedStrategy):  # DeepSpeed's own: strategy.DeepSpeedSupport
-            self.log("train/grad_norm", grad_norm(self.model, norm_type=2)["grad_2.0_norm_total"])
+        # Clipped here, not by Lightning: its mixed-precision plugin refuses to clip for the fused AdamW (optim.py).
+        # The gradients here are the true ones: no loss scaler runs with the fused AdamW. DeepSpeed clips in its own
+        # partitions (strategy.py) and logs their norm (strategy.DeepSpeedSupport).
+        if not isinstance(self.trainer.strategy, DeepSpeedStrategy):  # logged: the norm before clipping
+            self.log("train/grad_norm", torch.nn.utils.clip_grad_norm_(self.parameters(), self.cfg.optim.grad_clip or math.inf))
 
     def configure_optimizers(self):
-        optimizer = adamw(self, self.cfg.optim, self.model.memory_parameters())  # the model and the retrieval heads
+        trainer = attached_trainer(self)
+        optimizer = adamw(self, self.cfg.optim, self.model.memory_parameters(),  # the model and the retrieval heads
+                          loss_scaled=trainer is not None and str(trainer.precision) == "16-mixed")
         per_step, total = self.cfg.tokens_per_step, self.cfg.train.max_tokens
         # The schedule is by tokens; with a fixed number of tokens per step, step s has seen (s + 1) · per_step.
         schedule = LambdaLR(optimizer, lambda step: lr_at((step + 1) * per_step, self.cfg.optim, total) / self.cfg.optim.lr)

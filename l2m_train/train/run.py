@@ -132,7 +132,7 @@ def _trainer(cfg: Config, run_dir: Path, steps: int, checkpointing: Checkpointin
         plugins=plugins,
         strategy=build_strategy(cfg, load_universal=universal),
         precision=precision,
-        gradient_clip_val=cfg.optim.grad_clip,
+        # optim.grad_clip: LM2Module.on_before_optimizer_step clips (and DeepSpeed itself, from strategy.py's config)
         accumulate_grad_batches=t.accumulate,
         val_check_interval=min(t.val_every_steps, steps) * t.accumulate,
         log_every_n_steps=t.log_every_steps,
