@@ -123,8 +123,9 @@ class LM2Module(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer):
         # Clipped here, not by Lightning: its mixed-precision plugin refuses to clip for the fused AdamW (optim.py).
-        # The gradients here are the true ones: no loss scaler runs with the fused AdamW. DeepSpeed clips in its own
-        # partitions (strategy.py) and logs their norm (strategy.DeepSpeedSupport).
+        # The gradients here are unscaled: the fused AdamW never runs under a loss scaler, and under one Lightning
+        # unscales before this hook. DeepSpeed clips in its own partitions (strategy.py) and logs their norm
+        # (strategy.DeepSpeedSupport).
         if not isinstance(self.trainer.strategy, DeepSpeedStrategy):  # logged: the norm before clipping
             self.log("train/grad_norm", torch.nn.utils.clip_grad_norm_(self.parameters(), self.cfg.optim.grad_clip or math.inf))
 
