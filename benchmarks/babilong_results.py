@@ -6,6 +6,9 @@ record and a markdown table.
     python benchmarks/babilong_results.py --preset gpu     # one GPU, bf16: the results of record
     python benchmarks/babilong_results.py --preset gpu --long              # also 64k and 128k
     python benchmarks/babilong_results.py --preset gpu train.max_tokens=400000000 --runs runs/bl-400m   # a bigger budget
+    python benchmarks/babilong_results.py --preset cpu --haystack BOOKS --eval-haystack OTHER_BOOKS --data data/bl-unseen \
+        --runs runs/bl-unseen
+        # evaluated among books the runs never saw: a recipe that learned the training books, not the task, shows
     python benchmarks/babilong_results.py --preset ladder-cpu --kinds none-full lm2 rmt none-local --init-from none-full
         # none-full first; the other kinds then start from its weights (the memory fresh): pretrain, then add memory
 
@@ -40,7 +43,7 @@ from l2m_train.data_pipelines.babilong import parse_length
 from l2m_train.eval.report import length_label
 
 BABI = "../shared/data/babi/en-10k"  # train files only: evaluation takes the stories `--holdout` kept out of training
-TEXT = "../shared/data/text"
+TEXT = "../shared/data/text"  # the default background text, for training and evaluation alike
 STAMP = ".babilong_results"  # in each output directory: the key of the command and inputs that made it
 # LM2-1.7B, BABILong at 8k, as issue 7 quotes the LM2 paper (arXiv:2502.06049; not re-checked here): another scale,
 # budget and training data, shown beside ours for orientation only.
@@ -138,8 +141,9 @@ def kind_overrides(kind: str, rec: float, ret: float) -> list[str]:
 
 
 def eval_command(run: Path, lengths: list[int], args: argparse.Namespace, preset: Preset, tasks: list[str], out: Path) -> list[str]:
-    return ["l2m", "eval", "babilong", str(run), "--babi-dir", BABI, "--babi-split", "train", "--holdout", str(args.holdout),
-            "--tasks", *tasks, "--haystack", TEXT, "--lengths", *map(length_label, lengths),
+    return ["l2m", "eval", "babilong", str(run), "--babi-dir", args.babi_dir, "--babi-split", "train", "--holdout",
+            str(args.holdout), "--tasks", *tasks, "--haystack", *(args.eval_haystack or args.haystack),
+            "--lengths", *map(length_label, lengths),
             "--samples", str(args.samples or preset.samples), "--batch-tokens", str(preset.batch_tokens), "--out", str(out)]
 
 
@@ -191,11 +195,11 @@ def evaluate(steps: Steps, kind: str, run: Path, stamp: str, lengths: list[int],
     return cells, not_run
 
 
-def chance(tasks: list[str]) -> dict[str, dict]:
+def chance(babi_dir: str, tasks: list[str]) -> dict[str, dict]:
     """Per task: 1 / the number of distinct answers, and the share of the most frequent one (all its bAbI stories)."""
     levels = {}
     for task in tasks:
-        path = next(Path(BABI).glob(f"{task}_*_train.txt"))
+        path = next(Path(babi_dir).glob(f"{task}_*_train.txt"))
         answers = Counter(line.split("\t")[1] for line in path.read_text().splitlines() if "\t" in line)
         levels[task] = {"answers": len(answers), "uniform": 1 / len(answers), "majority": max(answers.values()) / sum(answers.values())}
     return levels
@@ -348,6 +352,13 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", choices=[*KINDS, "lm2+aux"], default=[*KINDS, "lm2+aux"])
     parser.add_argument("--rec", type=float, default=5.0, help="lm2+aux: loss.reconstruction.weight (default 5)")
     parser.add_argument("--ret", type=float, default=0.1, help="lm2+aux: loss.retrieval.weight (default 0.1)")
+    parser.add_argument("--babi-dir", default=BABI, help="bAbI files (qaN_*_train.txt): the tokenizer's text, training "
+                        f"stories unless the preset generates them, and the held-out stories evaluated (default: {BABI})")
+    parser.add_argument("--haystack", nargs="+", metavar="PATH", default=[TEXT], help="background text (.txt files or "
+                        f"directories) for the tokenizer and the training samples (default: {TEXT})")
+    parser.add_argument("--eval-haystack", nargs="+", metavar="PATH", help="background text evaluation hides the facts in, "
+                        "e.g. books kept out of --haystack, to see whether a recipe learned the task or the training books "
+                        "(default: --haystack)")
     parser.add_argument("--holdout", type=float, default=0.1, help="fraction of each task's stories kept out of training "
                         "and evaluated on (default 0.1)")
     parser.add_argument("--data", help="tokenizer and samples go here (default: data/babilong-results-PRESET)")
@@ -377,22 +388,24 @@ def main() -> None:
     steps = Steps({"OMP_NUM_THREADS": str(preset.eval_threads)} if preset.eval_threads else {})
     started = time.perf_counter()
 
-    tok, samples, stories = data / "tok", data / "babilong", BABI
-    stamp = steps.check(["l2m", "data", "tokenizer", "--input", TEXT, BABI, "--vocab-size", str(preset.vocab), "--out", str(tok)], tok)
+    tok, samples, stories = data / "tok", data / "babilong", args.babi_dir
+    stamp = steps.check(["l2m", "data", "tokenizer", "--input", *args.haystack, args.babi_dir, "--vocab-size", str(preset.vocab),
+                         "--out", str(tok)], tok)
     if preset.generated:  # training stories from the generator; evaluation keeps the real held-out ones
         stories = str(data / "babi-generated")
         stamp = steps.check(["l2m", "data", "babi-generate", "--tasks", *tasks, "--stories", str(preset.generated),
                              "--out", stories], Path(stories), stamp)
-    stamp = steps.check(["l2m", "data", "babilong", "--babi-dir", stories, "--tasks", *tasks, "--haystack", TEXT, "--lengths",
-                         *preset.train_lengths, "--samples", str(preset.train_samples), "--val-samples", str(preset.val_samples),
-                         "--holdout", str(args.holdout), "--tokenizer", str(tok), "--out", str(samples)], samples, stamp)
+    stamp = steps.check(["l2m", "data", "babilong", "--babi-dir", stories, "--tasks", *tasks, "--haystack", *args.haystack,
+                         "--lengths", *preset.train_lengths, "--samples", str(preset.train_samples),
+                         "--val-samples", str(preset.val_samples), "--holdout", str(args.holdout), "--tokenizer", str(tok),
+                         "--out", str(samples)], samples, stamp)
     if args.data_only:
         return
     record = {"machine": machine(torch.device("cuda" if torch.cuda.is_available() else "cpu")), "torch": torch.__version__,
               "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "command": shlex.join(["python", *sys.argv]), "preset": args.preset, "tasks": tasks,
               "lengths": [length_label(n) for n in lengths], "samples": args.samples or preset.samples, "holdout": args.holdout,
-              "seeds": args.seeds, "steps": steps.log, "chance": chance(tasks), "paper": PAPER, "kinds": {}, "failed": {}}
+              "seeds": args.seeds, "steps": steps.log, "chance": chance(args.babi_dir, tasks), "paper": PAPER, "kinds": {}, "failed": {}}
 
     def fine_tuned(kind: str) -> bool:
         """Whether kind starts from the weights of the --init-from kind."""

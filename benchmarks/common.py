@@ -55,15 +55,24 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser, json_name: str) -> 
     parser.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for MFU (default: the dense bf16 peak "
                                                            "of a known GPU, l2m_train/train/peak_flops.py; none on CPU, so MFU is n/a)")
     parser.add_argument("--json", default=f"benchmarks/out/{json_name}", help="where to write the results (default: %(default)s)")
+    # cuDNN's attention builds an execution plan per new shape; decoding changes the key length at every token.
+    parser.add_argument("--no-cudnn-sdpa", dest="cudnn_sdpa", action="store_false", help="CUDA: keep scaled_dot_product_"
+                        "attention off its cuDNN backend (flash or memory-efficient attention instead)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # set by start_workers for the child processes
     parser.add_argument("overrides", nargs="*", help="config overrides on top of the benchmark's defaults")
 
 
-def setup(device: str, threads: int) -> torch.device:
+def setup(device: str, threads: int, cudnn_sdpa: bool = True) -> torch.device:
     torch.set_num_threads(threads)
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible")
+    torch.backends.cuda.enable_cudnn_sdp(cudnn_sdpa)
     return torch.device(device)
+
+
+def worker_arguments(args: argparse.Namespace) -> list[str]:
+    """The arguments of add_benchmark_arguments that a worker process takes from its parent (overrides not included)."""
+    return [f"--device={args.device}", f"--threads={args.threads}", *([] if args.cudnn_sdpa else ["--no-cudnn-sdpa"])]
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:

@@ -37,6 +37,7 @@ from common import (
     setup,
     start_workers,
     sync,
+    worker_arguments,
     write_json,
 )
 
@@ -44,7 +45,7 @@ DEFAULTS = {"cpu": ["model=small", "model.n_layers=4"], "cuda": ["model=small"]}
 
 
 def worker(name: str, args: argparse.Namespace) -> None:
-    device = setup(args.device, args.threads)
+    device = setup(args.device, args.threads, args.cudnn_sdpa)
     cfg, model, _ = build(DEFAULTS[args.device] + args.overrides + KINDS[name], device, optimizer=False)
     model.eval()
     V = cfg.model.vocab_size
@@ -104,7 +105,7 @@ def main() -> None:
     if args.worker:
         return worker(args.worker, args)
     device = setup(args.device, 1)
-    passed = [f"--device={args.device}", f"--threads={args.threads}", f"--new-tokens={args.new_tokens}", *args.overrides]
+    passed = [*worker_arguments(args), f"--new-tokens={args.new_tokens}", *args.overrides]
     contexts = [args.min_context * 2**i for i in range((args.max_context // args.min_context).bit_length())]
     workers = start_workers(__file__, args.kinds, passed)
     results: dict[str, dict[int, dict]] = {name: {} for name in args.kinds}

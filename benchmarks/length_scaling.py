@@ -33,6 +33,7 @@ from common import (
     start_workers,
     sync,
     train_step,
+    worker_arguments,
     write_json,
 )
 
@@ -41,7 +42,7 @@ DEFAULTS = {"cpu": ["model=tiny", "model.segment_len=128", "model.memory.slots=1
 
 
 def worker(name: str, args: argparse.Namespace) -> None:
-    device = setup(args.device, args.threads)
+    device = setup(args.device, args.threads, args.cudnn_sdpa)
     cfg, model, opt = build(DEFAULTS[args.device] + args.overrides + KINDS[name], device)
 
     def measure(T: int, warmup: bool) -> float:
@@ -86,7 +87,7 @@ def main() -> None:
     if args.worker:
         return worker(args.worker, args)
     device = setup(args.device, 1)
-    passed = [f"--{k}={getattr(args, k)}" for k in ("device", "threads", "batch", "steps", "warmup")]
+    passed = worker_arguments(args) + [f"--{k}={getattr(args, k)}" for k in ("batch", "steps", "warmup")]
     passed += args.overrides
     lengths = [args.min_len * 2**i for i in range((args.max_len // args.min_len).bit_length())]
     workers = start_workers(__file__, args.kinds, passed)

@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS), help="models (default: all four)")
     add_benchmark_arguments(parser, "profile_step.json")
     args = parser.parse_args()
-    device = setup(args.device, args.threads)
+    device = setup(args.device, args.threads, args.cudnn_sdpa)
     rows = [profile_kind(name, args, device) for name in args.kinds]
     print_table(f"Training step profile, {args.device} ({' '.join(DEFAULTS[args.device] + args.overrides)})",
                 ["model", "step ms", "syncs/step", "launches/step", "early backwards (share of step)", "linear calls/step",

@@ -42,6 +42,7 @@ from common import (
     start_workers,
     sync,
     train_step,
+    worker_arguments,
     write_json,
 )
 from common import cpu_model as cpu_model  # noqa: F401  (other benchmarks import it from here)
@@ -116,7 +117,7 @@ def build_anchor(overrides: list[str], device: torch.device):
 
 
 def worker(name: str, args: argparse.Namespace) -> None:
-    device = setup(args.device, args.threads)
+    device = setup(args.device, args.threads, args.cudnn_sdpa)
     runtime = runtime_mb(device)
     overrides = DEFAULTS[args.device] + args.overrides
     if name == ANCHOR:
@@ -159,7 +160,7 @@ def main() -> None:
     if args.worker:
         return worker(args.worker, args)
     device = setup(args.device, 1)  # the parent only waits
-    passed = [f"--device={args.device}", f"--threads={args.threads}", *(["--compile"] if args.compile else []), *args.overrides]
+    passed = [*worker_arguments(args), *(["--compile"] if args.compile else []), *args.overrides]
     workers = start_workers(__file__, args.kinds, passed)
     for w in workers.values():
         w.ask({"steps": args.warmup})

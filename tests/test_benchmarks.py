@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ["step_time", "step_time_compiled", "profile_step", "length_scaling_lm2", "length_scaling", "generation"]
+STEPS = ["step_time", "step_time_compiled", "profile_step", "length_scaling_lm2", "length_scaling", "generation",
+         "generation_no_cudnn"]
 
 
 @pytest.mark.slow
