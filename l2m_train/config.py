@@ -33,6 +33,7 @@ class MemoryConfig:
     bptt_segments: int = -1  # memory writes the gradient may cross, counted back from the last segment; -1 = all
     forget_bias: float = 1.0  # initial b_f: the memory remembers by default
     write_norm: bool = True  # RMSNorm the block outputs before the write attends to them (false: raw, docs/design-notes.md §1)
+    convex_write: bool = False  # lm2: g_in = 1 − g_f, so M stays within [−1, 1] however many segments it has written
 
 
 @dataclass

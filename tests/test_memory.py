@@ -44,6 +44,20 @@ def test_normalised_write_ignores_the_scale_of_the_residual_stream():
     assert (raw.write(0.02 * y, M, None)[0] - raw.write(y, M, None)[0]).abs().max() > 0.1
 
 
+def test_a_convex_write_keeps_the_memory_within_one_however_many_segments_it_writes():
+    torch.manual_seed(0)
+    y = 10 * torch.randn(40, 1, 8, 2)  # 40 segments of 8 tokens
+    for convex in (False, True):
+        memory, M = _identity_memory(), torch.tensor([[[0.5, -0.5]]])
+        memory.convex_write = convex
+        for segment in y:
+            M, in_gate, forget_gate = memory.write(segment, M, None)
+            if convex:
+                torch.testing.assert_close(in_gate, 1 - forget_gate)
+        # the design's gates: g_f = sigmoid(M + 1) nears 1 as M grows, and M climbs with every write
+        assert (M.abs().max() <= 1) == convex, M
+
+
 def test_read_matches_hand_computation():
     # One slot: E_mem = RMSNorm(M) = [0.63246, 1.26491]; g_out = sigmoid(E_mem); read = g_out · E_mem
     memory = _identity_memory()

@@ -27,7 +27,8 @@ class LM2State(MemoryState):
 
 
 class LM2(MemoryKind):
-    KEYS: ClassVar[frozenset[str]] = frozenset({"slots", "layers", "init", "forget_bias", "write_norm", "bptt_segments"})
+    KEYS: ClassVar[frozenset[str]] = frozenset({"slots", "layers", "init", "forget_bias", "write_norm", "convex_write",
+                                             "bptt_segments"})
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -63,7 +64,8 @@ class LM2(MemoryKind):
         c, mem = self.cfg, self.cfg.memory
         if layer not in self.index:
             return None
-        return LM2Memory(c.d_model, c.n_heads, mem.slots, mem.init, mem.forget_bias, c.norm_eps, mem.write_norm)
+        return LM2Memory(c.d_model, c.n_heads, mem.slots, mem.init, mem.forget_bias, c.norm_eps, mem.write_norm,
+                         mem.convex_write)
 
     def segment_start(self, memory: tuple[Tensor, ...]) -> LM2State:
         n = len(self.layers)

@@ -70,7 +70,7 @@ class CrossAttention(nn.Module):
 
 class LM2Memory(nn.Module):
     def __init__(self, d_model: int, n_heads: int, slots: int, init: str, forget_bias: float, norm_eps: float,
-                 write_norm: bool = True):
+                 write_norm: bool = True, convex_write: bool = False):
         super().__init__()
         self.norm = nn.RMSNorm(d_model, eps=norm_eps)  # RMSNorm(M), shared by the read keys/values and write queries
         self.read_attn = CrossAttention(d_model, n_heads)
@@ -82,6 +82,9 @@ class LM2Memory(nn.Module):
         self.gates_from_update = nn.Linear(d_model, 2 * d_model)  # [W_in | W_f], [b_in | b_f]
         self.gates_from_memory = nn.Linear(d_model, 2 * d_model, bias=False)  # [V_in | V_f]
         self.forget_bias = forget_bias
+        # g_in = 1 − g_f: M_next is a convex mix of M and tanh(U). The design's independent gates let the slots grow
+        # with every segment written, past the range training saw (docs/RESULTS.md, rung 3).
+        self.convex_write = convex_write
         if init == "learned":
             self.initial = nn.Parameter(torch.empty(slots, d_model))
         else:  # "identity": one-hot rows as in LM2, fixed
@@ -127,7 +130,8 @@ class LM2Memory(nn.Module):
         return MemoryTrace(x, valid, read.queries, memory_kv, tokens, read.readout, self.read_attn.attend)
 
     def write(self, y: Tensor, memory: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """M_next = g_in ⊙ tanh(U) + g_f ⊙ M, where the slots attend to the segment's block outputs y.
+        """M_next = g_in ⊙ tanh(U) + g_f ⊙ M, where the slots attend to the segment's block outputs y (convex_write:
+        g_in = 1 − g_f).
 
         valid (B × T) keeps padding out of the write; a sample with no real token keeps its memory.
         Returns (M_next, g_in, g_f).
@@ -138,6 +142,8 @@ class LM2Memory(nn.Module):
             valid = valid | ~has_tokens[:, None]  # an all-padding row attends uniformly; its result is discarded below
         update, _ = self.write_attn(self.norm(memory), self.write_attn.keys_values(self.write_norm(y)), valid)
         in_gate, forget_gate = torch.sigmoid(self.gates_from_update(update) + self.gates_from_memory(memory)).chunk(2, -1)
+        if self.convex_write:
+            in_gate = 1 - forget_gate
         new_memory = in_gate * torch.tanh(update) + forget_gate * memory
         if has_tokens is not None:
             new_memory = torch.where(has_tokens[:, None, None], new_memory, memory)
