@@ -324,8 +324,10 @@ def plot(record: dict, path: Path) -> None:
             mean_line(ax, [(i, xs) for i, xs in points if xs], f"{kind} ({len(rs)} seed{'s' * (len(rs) > 1)})")
             counts = [r.get("by_distance", {}).get(task, {}) for r in rs]
             distances = sorted({n for by in counts for n in by})
-            mean_line(by_facts, [(i, [by[n][0] / by[n][1] for by in counts if n in by]) for i, n in enumerate(distances)], kind)
-            by_facts.set(xticks=range(len(distances)), xticklabels=distances, xlim=(-0.5, len(distances) - 0.5))
+            if distances:  # records written before the by-distance counts have none
+                mean_line(by_facts, [(i, [by[n][0] / by[n][1] for by in counts if n in by]) for i, n in enumerate(distances)],
+                          kind)
+                by_facts.set(xticks=range(len(distances)), xticklabels=distances, xlim=(-0.5, len(distances) - 0.5))
         ax.set(xticks=range(len(labels)), xticklabels=labels, xlim=(-0.5, len(labels) - 0.5), xlabel="context length (tokens)",
                title=f"{task}, {record['samples']} held-out samples per length")
         by_facts.set(xlabel="facts after the last supporting one", title=f"{task}, all evaluated lengths")
@@ -369,6 +371,8 @@ def main() -> None:
     parser.add_argument("--init-from", choices=KINDS, metavar="KIND", help="train KIND first; every other kind then starts "
                         "from the weights of KIND's run of its seed (train.init_from: a memory added to a model without starts "
                         "fresh), with the preset's fine-tuning budget, in a run named KIND2-from-KIND")
+    parser.add_argument("--replot", metavar="JSON", help="only draw the plot of a record this command wrote (to --plot, "
+                        "default: beside JSON), and stop")
     parser.add_argument("--data-only", action="store_true", help="build the tokenizer and samples, then stop")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="train.seed of each kind's runs; tables then give "
                         "each seed and the mean ± standard deviation over them (default: 0)")
@@ -377,6 +381,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides for every training run, e.g. "
                         "train.max_tokens=400000000 (after `--` when they follow --tasks, --lengths or --kinds)")
     args = parser.parse_args()
+    if args.replot:
+        return plot(json.loads(Path(args.replot).read_text()), Path(args.plot or Path(args.replot).with_suffix(".png")))
     preset = PRESETS[args.preset]
     if args.preset.endswith("gpu") and not args.data_only and not torch.cuda.is_available():
         raise SystemExit(f"--preset {args.preset}: no CUDA device is visible")
