@@ -20,10 +20,12 @@ from pathlib import Path
 
 import torch
 
+from l2m_train.data import DataError
 from l2m_train.data_pipelines.babilong import parse_length
 from l2m_train.eval.babilong import Row, rows_from_babi
+from l2m_train.eval.report import length_label
 from l2m_train.model import MemoryDecoder
-from l2m_train.train.checkpoint_layout import load_model
+from l2m_train.train.checkpoint_layout import CheckpointError, load_model
 
 KINDS_OF_SEGMENT = ("supporting fact", "other fact", "background only", "question")
 
@@ -79,25 +81,31 @@ def measure(model: MemoryDecoder, rows: list[Row]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run directories, checkpoints or exports of memory models")
-    parser.add_argument("--babi-dir", required=True)
-    parser.add_argument("--babi-split", default="test")
-    parser.add_argument("--holdout", type=float, default=0.0)
+    # The samples as `l2m eval babilong` builds them from bAbI files and background text (the same arguments).
+    parser.add_argument("--babi-dir", required=True, help="a directory of bAbI files (qaN_*_train.txt / _test.txt)")
+    parser.add_argument("--babi-split", default="test", help="train or test (default: test)")
+    parser.add_argument("--holdout", type=float, default=0.0, help="with --babi-split train: only the stories "
+                        "`l2m data babilong --holdout` kept out of training, the last fraction (default: 0, all)")
     parser.add_argument("--haystack", nargs="+", required=True, help="background text (.txt files or directories)")
-    parser.add_argument("--tasks", nargs="+", default=["qa1"])
-    parser.add_argument("--lengths", nargs="+", default=["1k"])
+    parser.add_argument("--tasks", nargs="+", default=["qa1"], help="bAbI tasks (default: qa1)")
+    parser.add_argument("--lengths", nargs="+", type=parse_length, default=[1024], help="sample lengths, e.g. 1k 4k "
+                        "(default: 1k)")
     parser.add_argument("--samples", type=int, default=100, help="per task and length (default: 100)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = {}
     for run in args.runs:
-        model, cfg, tokenizer = load_model(run)
+        try:
+            model, cfg, tokenizer = load_model(run)
+            rows = rows_from_babi(args.babi_dir, args.haystack, args.tasks, args.lengths, args.samples, tokenizer,
+                                  split=args.babi_split, holdout=args.holdout)
+        except (CheckpointError, DataError, ValueError) as err:
+            raise SystemExit(f"memory_writes: {err}") from None
         if cfg.model.memory.kind == "none":
             raise SystemExit(f"{run}: a model without memory (memory.kind=none) has nothing to measure")
-        rows = rows_from_babi(args.babi_dir, args.haystack, args.tasks, [parse_length(x) for x in args.lengths], args.samples,
-                              tokenizer, split=args.babi_split, holdout=args.holdout)
         results[run] = measure(model.eval(), rows)
-        print(f"\n{run}: per segment, {len(rows)} samples ({', '.join(args.tasks)}; {' '.join(args.lengths)})")
+        print(f"\n{run}: per segment, {len(rows)} samples ({', '.join(args.tasks)}; {' '.join(map(length_label, args.lengths))})")
         for kind, cell in results[run]["by_segment"].items():
             figures = "  ".join(f"{name} {value:.3f}" for name, value in sorted(cell.items()) if "/" in name)
             print(f"  {kind:16} {int(cell['segments']):6,} segments  {figures}")

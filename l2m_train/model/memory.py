@@ -83,7 +83,8 @@ class LM2Memory(nn.Module):
         self.gates_from_memory = nn.Linear(d_model, 2 * d_model, bias=False)  # [V_in | V_f]
         self.forget_bias = forget_bias
         # g_in = 1 − g_f: M_next is a convex mix of M and tanh(U). The design's independent gates let the slots grow
-        # with every segment written, past the range training saw (docs/RESULTS.md, rung 3).
+        # with every segment written, past the range training saw (docs/RESULTS.md, rung 3). An experiment: the W_in
+        # half of gates_from_update then goes unused, kept so that a fine-tune may switch either way.
         self.convex_write = convex_write
         if init == "learned":
             self.initial = nn.Parameter(torch.empty(slots, d_model))
