@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from l2m_train.cli.arguments import fraction, positive_int
 from l2m_train.data import DataError
 from l2m_train.data_pipelines.babilong import parse_length
 from l2m_train.eval.babilong import Row, rows_from_babi
@@ -84,13 +85,13 @@ def main() -> None:
     # The samples as `l2m eval babilong` builds them from bAbI files and background text (the same arguments).
     parser.add_argument("--babi-dir", required=True, help="a directory of bAbI files (qaN_*_train.txt / _test.txt)")
     parser.add_argument("--babi-split", default="test", help="train or test (default: test)")
-    parser.add_argument("--holdout", type=float, default=0.0, help="with --babi-split train: only the stories "
+    parser.add_argument("--holdout", type=fraction, default=0.0, help="with --babi-split train: only the stories "
                         "`l2m data babilong --holdout` kept out of training, the last fraction (default: 0, all)")
     parser.add_argument("--haystack", nargs="+", required=True, help="background text (.txt files or directories)")
     parser.add_argument("--tasks", nargs="+", default=["qa1"], help="bAbI tasks (default: qa1)")
     parser.add_argument("--lengths", nargs="+", type=parse_length, default=[1024], help="sample lengths, e.g. 1k 4k "
                         "(default: 1k)")
-    parser.add_argument("--samples", type=int, default=100, help="per task and length (default: 100)")
+    parser.add_argument("--samples", type=positive_int, default=100, help="per task and length (default: 100)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     torch.set_num_threads(1)
