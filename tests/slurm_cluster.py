@@ -50,6 +50,14 @@ class Cluster:
         fields = self.scontrol("show", "job", "--oneliner", job_id).split()
         return dict(word.split("=", 1) for word in fields if "=" in word)
 
+    def live_job(self, job_id: str, log: Path) -> dict[str, str]:
+        """The job's record while it is queued or running; one that ended fails the test with its state and log."""
+        job = self.job(job_id)
+        if job["JobState"] not in UNFINISHED:
+            tail = log.read_text()[-3000:] if log.exists() else "(no log)"
+            raise AssertionError(f"job {job_id} ended {job['JobState']}, exit code {job['ExitCode']}, reason {job.get('Reason')}:\n{tail}")
+        return job
+
     def submit(self, cwd: Path, *args: str) -> str:
         """`l2m submit` with these arguments, from cwd: the job id."""
         env = {**self.env, "PATH": f"{L2M_BIN}:{self.env['PATH']}"}
@@ -107,10 +115,12 @@ def _slurm_conf(root: Path, munge_socket: Path, nodes: list[str]) -> str:
     node_lines = "\n".join(f"NodeName={node} NodeAddr={_address(i)} Port={_free_port()} CPUs={os.cpu_count()} RealMemory={memory_mb} "
                            "State=UNKNOWN" for i, node in enumerate(nodes))
     # A random first job id: Lightning derives each job's rendezvous port from its id (15000 + its last four digits), so
-    # clusters of other test sessions on this machine, numbering from 1 too, would take the same ports.
+    # clusters of other test sessions on this machine, numbering from 1 too, would take the same ports. MinJobAge: an
+    # ended job's record is kept an hour, not SLURM's 5 minutes, for tests that read it long after it ended.
     return f"""ClusterName=l2mtest
 SlurmctldHost={socket.gethostname()}(127.0.0.1)
 SlurmctldPort={_free_port()}
+MinJobAge=3600
 FirstJobId={random.randrange(1000, 10000)}
 SlurmUser=root
 SlurmdUser=root

@@ -89,24 +89,25 @@ def test_a_job_signalled_twice_requeues_itself_and_ends_as_if_never_stopped(requ
     reference = cluster.submit(tmp_path, *case.args(), "run.name=straight")
     job = cluster.submit(tmp_path, *case.args(), "run.name=preempted")  # queued behind: each job takes every CPU
     run_dir = tmp_path / "runs" / "preempted"
+    log_file = tmp_path / "logs" / f"preempted-{job}.out"
     stopped_at = []
     for restart in range(2):
         # Mid-training: past a checkpoint of this start, with steps left.
-        wait(lambda: cluster.job(job)["JobState"] == "RUNNING" and newest_step(run_dir) > max(stopped_at, default=0),
+        wait(lambda: cluster.live_job(job, log_file)["JobState"] == "RUNNING" and newest_step(run_dir) > max(stopped_at, default=0),
              f"start {restart} training")
         subprocess.run(["scancel", "--signal=USR1", job], env=cluster.env, check=True, timeout=30)  # as at a time limit
         # Requeued: SLURM holds a requeued job ~2 min (its begin time); release it sooner, but only once every node is
         # idle: slurmd still ending the last run's processes (a slow rank, on busy cores) also kills a new start of the
         # same job id. slurmd revokes the last run's credential with one-second resolution: a start within that second
         # fails ("Job credential revoked").
-        wait(lambda: (j := cluster.job(job))["JobState"] == "PENDING" and j["Restarts"] == str(restart + 1)
+        wait(lambda: (j := cluster.live_job(job, log_file))["JobState"] == "PENDING" and j["Restarts"] == str(restart + 1)
              and j["Reason"] == "BeginTime", f"requeue {restart}")
         wait(cluster.idle, f"the nodes idle after start {restart}")
         time.sleep(2)
         stopped_at.append(newest_step(run_dir))
         cluster.scontrol("update", f"JobId={job}", "StartTime=now")
     done = cluster.wait_for_job(job, timeout=TIME_LIMIT * 60)
-    log = (tmp_path / "logs" / f"preempted-{job}.out").read_text()
+    log = log_file.read_text()
     assert (done["JobState"], done["ExitCode"], done["Restarts"]) == ("COMPLETED", "0:0", "2"), log[-3000:]
     assert 0 < stopped_at[0] < stopped_at[1] < case.steps, stopped_at
     assert log.count("stopped by SIGUSR1") == 2 * case.ranks  # every rank, both times

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from lightning.pytorch import Callback
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 
 from l2m_train.config import OptimConfig, load_config
@@ -105,6 +106,19 @@ def test_the_fused_adamw_under_bf16_mixed_precision_trains_with_clipped_gradient
     logged = _column(tmp_path / "quickstart" / "logs" / "metrics.csv", "train/grad_norm")
     assert len(norms.norms) == len(logged) == 3000 // (8 * 48) and min(logged) > 0.1  # well above the clip...
     assert [n.item() for n in norms.norms] == pytest.approx([0.01] * len(logged), rel=1e-3)  # ...so each step took 0.01
+
+
+def test_a_launched_rank_leaves_the_judgement_of_the_run_directory_to_rank_zero(tmp_path, monkeypatch):
+    # While the other ranks start, rank 0 creates the run directory and writes config.yaml through a temporary file: a
+    # rank that looked at that moment took the directory for a stranger's and failed a two-node job's start.
+    run_dir = tmp_path / "quickstart"
+    run_dir.mkdir()
+    (run_dir / ".config.yaml.tmp-k2j3").write_text("model: {}")
+    cfg = load_config(None, [f"run.root={tmp_path}", "run.name=quickstart"])
+    with pytest.raises(FileExistsError, match="is not a run directory"):
+        plan(cfg)
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    assert plan(cfg).run_dir == run_dir and [p.name for p in run_dir.iterdir()] == [".config.yaml.tmp-k2j3"]
 
 
 def test_recall_samples_put_the_answer_only_in_the_first_segment():

@@ -81,7 +81,10 @@ def plan(cfg: Config, plugins: Sequence[object] = ()) -> PlannedRun:
     if not existing.is_dir():
         raise FileExistsError(f"{existing} is a file, not a directory: run.root={cfg.run.root} and run.name={cfg.run.name} "
                               "must name a directory")
-    if run_dir.exists() and any(p.name != LOCK for p in run_dir.iterdir()) and not (run_dir / CONFIG).is_file():
+    # Rank 0 alone judges the directory it creates: a launched rank looking while rank 0 writes config.yaml (a
+    # temporary file, then a rename) would take it for a stranger's directory, and fail a multi-node start.
+    if rank_zero_only.rank == 0 and run_dir.exists() and any(p.name != LOCK for p in run_dir.iterdir()) and \
+            not (run_dir / CONFIG).is_file():
         raise FileExistsError(f"{run_dir} exists and is not a run directory (no {CONFIG}); choose another run.name=… or remove it")
     # Every rank finds the same one: none is written before all have started.
     checkpoint, damaged = newest_resumable(run_dir)
