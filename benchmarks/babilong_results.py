@@ -334,7 +334,7 @@ def plot(record: dict, path: Path) -> None:
         for a in (ax, by_facts):
             a.axhline(chance_line, color="grey", linestyle="--", label="chance")
             a.set(ylim=(0, 105), ylabel="exact answers (%)")
-            a.legend(fontsize=7, loc="center left")
+            a.legend(fontsize=7, loc="best")  # where it hides the fewest points
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
