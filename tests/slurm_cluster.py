@@ -36,14 +36,10 @@ class Cluster:
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)  # by log name, in the order started
 
     def scontrol(self, *args: str) -> str:
-        """Its output. A controller on cores busy with a job's ranks may miss a call now and then (a two-node requeue
-        test polling every 0.2 s failed on one such call), so a call is tried three times, a second apart."""
-        for _ in range(3):
-            out = subprocess.run(["scontrol", *args], env=self.env, capture_output=True, text=True, timeout=30)
-            if out.returncode == 0:
-                return out.stdout
-            time.sleep(1)
-        raise RuntimeError(f"scontrol {' '.join(args)} failed three times: {out.stderr.strip() or out.stdout.strip()}")
+        out = subprocess.run(["scontrol", *args], env=self.env, capture_output=True, text=True, timeout=30)
+        if out.returncode != 0:  # with scontrol's own message (e.g. a job SLURM no longer knows)
+            raise RuntimeError(f"scontrol {' '.join(args)} failed: {out.stderr.strip() or out.stdout.strip()}")
+        return out.stdout
 
     def job(self, job_id: str) -> dict[str, str]:
         """`scontrol show job` as key → value (the first '=' of each word splits it)."""
