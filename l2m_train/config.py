@@ -6,6 +6,7 @@ the key <group> before the YAML's own keys. An override `model=small` replaces t
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from importlib.resources import files
 from pathlib import Path, PurePath
@@ -172,6 +173,9 @@ class TrainConfig:
     peak_tflops: float = 0.0  # per device, for MFU; 0 = the known GPUs' dense peaks (train/peak_flops.py); CPUs: no MFU
     max_nonfinite_steps: int = 10  # training stops after this many optimizer steps in a row with a nan or inf loss
     compile: bool = False  # torch.compile each segment's step (static shapes, one graph per segment): train/compile.py
+    # Training ends at the first validation where a validation metric passes this, e.g. val/exact>0.83 or val/loss<1.2
+    # (train/stop_at.py); "" = at max_tokens only.
+    stop_at: str = ""
 
 
 @dataclass
@@ -419,6 +423,7 @@ def validate(cfg: Config) -> None:
         (cfg.wandb.mode in ("auto", "online", "offline", "disabled"),
          f"wandb.mode must be auto, online, offline or disabled, got '{cfg.wandb.mode}'"),
     ]
+    stop_rule(cfg)
     checks += kind.config_checks(m) + _curriculum_checks(cfg) + _loss_checks(cfg) + _strategy_checks(cfg) + _slurm_checks(cfg)
     for ok, message in checks:
         if not ok:
@@ -494,6 +499,40 @@ def _loss_checks(cfg: Config) -> list[tuple[bool, str]]:
     checks.append((kind == "none" or set(rec.layers or []) <= set(readers),
                    f"loss.reconstruction.layers {rec.layers} must be blocks that read memory: {readers}"))
     return checks
+
+
+VAL_METRICS = ("loss", "acc", "exact")  # what every validation logs under val_prefix (train/module.py), besides the losses it adds
+
+
+def val_prefix(sources: list[str], index: int) -> str:
+    """What validation logs its metrics under: val/… for a single source; val/<source>/… for each source of a mixture."""
+    return "val" if len(sources) == 1 else f"val/{sources[index]}"
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """train.stop_at, parsed."""
+
+    metric: str
+    above: bool  # stop once the metric is above the threshold (else: below it)
+    threshold: float
+
+
+def stop_rule(cfg: Config) -> StopRule | None:
+    """train.stop_at as a rule on a metric that validation logs; None when unset. Raises ConfigError."""
+    text = cfg.train.stop_at.replace(" ", "")
+    if not text:
+        return None
+    metrics = [f"{val_prefix(cfg.data.sources, i)}/{name}" for i in range(len(cfg.data.sources)) for name in VAL_METRICS]
+    match = re.fullmatch(r"([\w/]+)([<>])(.+)", text)
+    try:
+        threshold = float(match.group(3)) if match else math.nan
+    except ValueError:
+        threshold = math.nan
+    if match is None or not math.isfinite(threshold) or match.group(1) not in metrics:
+        raise ConfigError(f"train.stop_at='{cfg.train.stop_at}' must be a validation metric, > or <, and a number, "
+                          f"e.g. 'train.stop_at=val/exact>0.83' (quoted in a shell); the metrics: {', '.join(metrics)}")
+    return StopRule(match.group(1), match.group(2) == ">", threshold)
 
 
 def to_yaml(cfg: Config) -> str:

@@ -26,7 +26,7 @@ weights, with a fresh optimizer, learning-rate schedule and data position. The m
 tokenizer; only model.segment_len, attention, rope_base, activation_checkpointing, memory.bptt_segments and
 memory.forget_bias may differ. A model without memory may also start a memory model (model.memory.kind=lm2 or rmt):
 its backbone starts from the weights, the memory from scratch. A run directory that already holds a checkpoint
-resumes from it instead.
+resumes from it instead. 'train.stop_at=val/exact>0.83' (quoted) ends training at the first validation past it.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Checkpoints every checkpoint.every_steps optimizer steps, at the end of training, and at the first step boundary after
-a preemption signal (SIGUSR1, SIGTERM) or an interrupt (SIGINT, Ctrl-C), when training then stops. A second interrupt
-stops at once, without saving.
+"""Checkpoints every checkpoint.every_steps optimizer steps, at the end of training (train.stop_at's end too), and at the
+first step boundary after a preemption signal (SIGUSR1, SIGTERM) or an interrupt (SIGINT, Ctrl-C), when training then
+stops. A second interrupt stops at once, without saving.
 
 Every rank writes into one temporary directory; rank 0 adds the train state and, last, the `complete` marker, and
 publishes the directory with one rename. A crash mid-write leaves a `.partial` directory that no reader takes for a
@@ -96,6 +96,12 @@ class Checkpointing(Checkpoint):
                 self.preempted = Preempted(self.signal or signal.SIGTERM, path)
                 trainer.should_stop = True
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # train.stop_at ended training at this validation (StopAt runs first: Lightning calls checkpoint callbacks
+        # last): keep the weights it stopped at, with the metric that stopped it, even if the step was saved before.
+        if trainer.state.fn == TrainerFn.FITTING and trainer.should_stop and self.signal is None:
+            self.save(trainer, again=True)
+
     def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int,
                                   dataloader_idx: int = 0) -> None:
         # A validation inside training ends early at a signal (every rank validates the same batches, so they agree
@@ -104,9 +110,10 @@ class Checkpointing(Checkpoint):
         if trainer.state.fn == TrainerFn.FITTING and trainer.strategy.reduce_boolean_decision(self.signal is not None, all=False):
             raise StopIteration
 
-    def save(self, trainer: L.Trainer) -> Path:
+    def save(self, trainer: L.Trainer, again: bool = False) -> Path:
+        """The checkpoint of this step; again: replace it if it exists (what the callbacks hold has changed since)."""
         final = self.dir / step_name(trainer.global_step)
-        if is_complete(final):  # e.g. a run resumed at its last step
+        if is_complete(final) and not again:  # e.g. a run resumed at its last step
             return final
         if not weights_finite(trainer):
             raise Diverged(trainer.global_step, "the weights are not finite, so they were not saved", self.dir)
@@ -137,7 +144,11 @@ class Checkpointing(Checkpoint):
             publish_text(partial / STATE, json.dumps(state, indent=1))
             data.tokenizer.save(partial)
             publish_text(partial / COMPLETE, "")
+            replaced = final.with_name(f".{final.name}.deleting")
+            if final.exists():  # saved again: the old one steps aside only once the new one is complete
+                os.rename(final, replaced)
             os.rename(partial, final)
+            shutil.rmtree(replaced, ignore_errors=True)
             self._retain()
         trainer.strategy.barrier("checkpoint-published")
 

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch.optim.lr_scheduler import LambdaLR
 
-from l2m_train.config import Config, from_dict
+from l2m_train.config import Config, from_dict, val_prefix
 from l2m_train.model import MemoryDecoder
 from l2m_train.model.flops import forward_flops_per_token, train_flops_per_token
 from l2m_train.model.kinds import memory_read_layers
@@ -19,11 +19,6 @@ from l2m_train.train.optim import adamw, lr_at
 from l2m_train.train.reconstruction import reconstruction_loss
 from l2m_train.train.retrieval import RetrievalHead
 from l2m_train.train.segment_backward import lm_forward
-
-
-def val_prefix(sources: list[str], index: int) -> str:
-    """val/… for a single source; val/<source>/… for each source of a mixture."""
-    return "val" if len(sources) == 1 else f"val/{sources[index]}"
 
 
 class LM2Module(L.LightningModule):

@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from l2m_train.config import Config, ConfigError, LossConfig, to_yaml
+from l2m_train.config import Config, ConfigError, LossConfig, stop_rule, to_yaml, val_prefix
 from l2m_train.data.module import DataPosition, TrainingData
 from l2m_train.io import publish_text
 from l2m_train.train.checkpoint_callback import Checkpointing
@@ -27,8 +27,9 @@ from l2m_train.train.checkpoint_layout import CONFIG, LIGHTNING, UNIVERSAL, Chec
 from l2m_train.train.divergence import Diverged, NonFiniteLoss
 from l2m_train.train.init_from import InitWeights, keep_on_resume, load_init
 from l2m_train.train.lock import LOCK, run_lock
-from l2m_train.train.module import LM2Module, val_prefix
+from l2m_train.train.module import LM2Module
 from l2m_train.train.state import check_resume, config_dict
+from l2m_train.train.stop_at import StopAt
 from l2m_train.train.strategy import DeepSpeedSupport, build_strategy, on_gpu, strategy_name
 from l2m_train.train.throughput import Throughput
 from l2m_train.train.tracking import RUN_ID_FILE, Tracker
@@ -125,6 +126,8 @@ def _trainer(cfg: Config, run_dir: Path, steps: int, checkpointing: Checkpointin
                  NonFiniteLoss(t.max_nonfinite_steps, checkpointing.dir)]
     if strategy_name(cfg) == "deepspeed":
         callbacks.append(DeepSpeedSupport())
+    if rule := stop_rule(cfg):
+        callbacks.append(StopAt(rule))
     return L.Trainer(
         default_root_dir=run_dir,
         max_steps=steps,
