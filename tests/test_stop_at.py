@@ -3,10 +3,10 @@ import json
 
 import pytest
 import torch
+from test_checkpointing import tiny, weights
 
 from l2m_train.config import ConfigError
 from l2m_train.train.run import execute, plan
-from tests.test_checkpointing import tiny, weights
 
 # 9 steps of the tiny run, validated every 3: the first validation after step 3.
 EVERY_3 = ("train.val_every_steps=3",)
