@@ -3,7 +3,7 @@
 Lightning's EarlyStopping with a stopping threshold and a patience that never runs out. The run then ends as at its
 last step: Checkpointing saves the weights it stopped at, and the run validates and writes result.json, so the next
 command of a chain starts from it with train.init_from=<this run>. The same command again trains nothing more: the
-checkpoint it resumes from carries the metric that stopped it. A higher threshold resumes training.
+checkpoint it resumes from carries the metric that stopped it. A threshold it has not passed resumes training.
 """
 from __future__ import annotations
 
