@@ -9,7 +9,9 @@ run (docs/RESULTS.md, rung 3), not a test.
 Each sample runs alone (batch 1) up to its answer, a segment at a time. Per memory bank (lm2: each memory layer's
 slots, `layerN`; rmt: its memory tokens, `tokens`), a segment's change is the root mean square of after − before over
 the write that ends it; and the memory's own root mean square after 1, 2, 4, … segments shows whether it stays in
-the range training saw when samples grow longer.
+the range training saw when samples grow longer. Per slot (lm2's slots, rmt's memory tokens): `slots_changed`, the
+share of slots a write changes (1: every slot alike, 1/S: one slot), and the slots' mean pairwise cosine after n
+segments (1: every slot holds the same vector, so the bank holds one thing however many slots it has).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from l2m_train.cli.arguments import fraction, positive_int
 from l2m_train.data import DataError
@@ -48,13 +51,28 @@ def rms(x: torch.Tensor) -> float:
     return float(x.pow(2).mean().sqrt())
 
 
+def share_changed(change: torch.Tensor) -> float:
+    """change: 1 × S × d. The participation ratio of the slots' RMS changes, over S: 1/S (one slot) … 1 (all alike)."""
+    per_slot = change[0].pow(2).mean(-1).sqrt()
+    return float(per_slot.sum().pow(2) / (per_slot.pow(2).sum() * per_slot.numel()).clamp_min(1e-30))
+
+
+def slot_cosine(memory: torch.Tensor) -> float:
+    """memory: 1 × S × d. The mean cosine between the S(S − 1) ordered pairs of distinct slots."""
+    unit = F.normalize(memory[0], dim=-1)
+    n = unit.shape[0]
+    return float(((unit @ unit.T).sum() - n) / (n * (n - 1)))
+
+
 @torch.no_grad()
 def measure(model: MemoryDecoder, rows: list[Row]) -> dict:
     """by_segment: per kind of segment, segments seen, each memory bank's mean RMS change and (lm2) the mean gates;
-    by_written: per bank, the memory's RMS after 1, 2, 4, … segments (mean over the samples that long)."""
+    by_written: per bank, the memory's RMS after 1, 2, 4, … segments (mean over the samples that long); slot_cosine:
+    per bank, the slots' mean pairwise cosine after as many segments."""
     banks = [f"layer{i}" for i in model.memory_layers] or ["tokens"]  # lm2: a bank per memory layer; rmt: one
     sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     sizes: dict[str, dict[int, list[float]]] = {bank: defaultdict(list) for bank in banks}
+    cosines: dict[str, dict[int, list[float]]] = {bank: defaultdict(list) for bank in banks}
     for row in rows:
         idx = torch.as_tensor(row["input_ids"][:row["answer_start"]]).unsqueeze(0)
         before, written = model.initial_state(1).memory, 0
@@ -67,16 +85,19 @@ def measure(model: MemoryDecoder, rows: list[Row]) -> dict:
             cell["segments"] += 1
             for bank, new, old in zip(banks, after, before):
                 cell[f"{bank}/change"] += rms(new - old)
+                cell[f"{bank}/slots_changed"] += share_changed(new - old)
                 if written & (written - 1) == 0:  # a power of 2
                     sizes[bank][written].append(rms(new))
+                    cosines[bank][written].append(slot_cosine(new))
             for name, value in piece.gates.items():
                 if name.endswith(("/in", "/forget")):
                     cell[name] += float(value)
             before = after
     by_segment = {kind: {name: total if name == "segments" else total / cell["segments"] for name, total in cell.items()}
                   for kind in KINDS_OF_SEGMENT if (cell := sums.get(kind))}
-    by_written = {bank: {n: sum(xs) / len(xs) for n, xs in sorted(by.items())} for bank, by in sizes.items()}
-    return {"by_segment": by_segment, "by_written": by_written}
+    def means(per_bank: dict[str, dict[int, list[float]]]) -> dict[str, dict[int, float]]:
+        return {bank: {n: sum(xs) / len(xs) for n, xs in sorted(by.items())} for bank, by in per_bank.items()}
+    return {"by_segment": by_segment, "by_written": means(sizes), "slot_cosine": means(cosines)}
 
 
 def main() -> None:
@@ -112,6 +133,8 @@ def main() -> None:
             print(f"  {kind:16} {int(cell['segments']):6,} segments  {figures}")
         for bank, by in results[run]["by_written"].items():
             print(f"  {bank} RMS after n segments: " + "  ".join(f"{n}: {value:.3f}" for n, value in by.items()))
+        for bank, by in results[run]["slot_cosine"].items():
+            print(f"  {bank} slots' mean cosine after n segments: " + "  ".join(f"{n}: {v:.3f}" for n, v in by.items()))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 

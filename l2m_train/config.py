@@ -35,6 +35,7 @@ class MemoryConfig:
     forget_bias: float = 1.0  # initial b_f: the memory remembers by default
     write_norm: bool = True  # RMSNorm the block outputs before the write attends to them (false: raw, docs/design-notes.md §1)
     convex_write: bool = False  # lm2: g_in = 1 − g_f, so M stays within [−1, 1] however many segments it has written
+    slot_competition: bool = False  # lm2: tokens compete for slots in the write, which changes the slots they claim
 
 
 @dataclass

@@ -157,7 +157,8 @@ def test_weights_whose_parameters_differ_are_refused_naming_the_first(tmp_path):
 
 
 CHANGED = {"segment_len": 32, "attention": "full", "rope_base": 5e5, "activation_checkpointing": True,
-           "memory.bptt_segments": 1, "memory.forget_bias": 4.0, "memory.convex_write": True}
+           "memory.bptt_segments": 1, "memory.forget_bias": 4.0, "memory.convex_write": True,
+           "memory.slot_competition": True}
 
 
 @pytest.mark.parametrize("kind", ["lm2", "rmt", "none"])

@@ -58,6 +58,39 @@ def test_a_convex_write_keeps_the_memory_within_one_however_many_segments_it_wri
         assert (M.abs().max() <= 1) == convex, M
 
 
+def test_a_competing_write_changes_only_the_slots_the_tokens_claim():
+    # One head; every token's key points along slot 0's (one-hot) row, so slot 0 claims every token and the rest none.
+    memory = LM2Memory(d_model=4, n_heads=1, slots=3, init="identity", forget_bias=1.0, norm_eps=1e-6,
+                       convex_write=True, slot_competition=True)
+    with torch.no_grad():
+        memory.write_attn.wq.weight.copy_(10 * torch.eye(4))
+        memory.write_attn.wk.weight.zero_()
+        memory.write_attn.wk.weight[0].fill_(10.0)  # k = 10 · sum(y) · e_0, positive for positive y
+    M = memory.initial_state(2)
+    y = torch.rand(2, 5, 4) + 0.5
+    new, _, _ = memory.write(y, M, None)
+    changed = (new - M).abs().amax(-1)
+    assert (changed[:, 0] > 1e-2).all() and (changed[:, 1:] < 1e-6).all(), changed
+    _, share = memory.competed_update(memory.norm(M), memory.write_attn.keys_values(memory.write_norm(y)), None)
+    torch.testing.assert_close(share.amax(1), torch.ones(2, 1))
+
+
+@torch.no_grad()
+def test_a_competing_write_keeps_the_decoder_causal_and_streaming():
+    model = tiny_model("lm2", memory={"slot_competition": True, "convex_write": True})
+    idx = torch.randint(0, 64, (2, 29))
+    whole, changed = model(idx).logits, idx.clone()
+    changed[:, 12] = (changed[:, 12] + 1) % 64
+    after = model(changed).logits
+    torch.testing.assert_close(after[:, :12], whole[:, :12], rtol=0, atol=0)
+    assert (after[:, 16:] - whole[:, 16:]).abs().max() > 1e-6  # carried into later segments by the memory
+    state, pieces = None, []
+    for a, b in ((0, 3), (3, 13), (13, 29)):
+        out = model(idx[:, a:b], state)
+        state, pieces = out.state, pieces + [out.logits]
+    torch.testing.assert_close(torch.cat(pieces, 1), whole, rtol=1e-5, atol=1e-5)
+
+
 def test_read_matches_hand_computation():
     # One slot: E_mem = RMSNorm(M) = [0.63246, 1.26491]; g_out = sigmoid(E_mem); read = g_out · E_mem
     memory = _identity_memory()

@@ -12,7 +12,7 @@ EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "con
 
 @pytest.mark.parametrize("kind,key,value", [("rmt", "layers", "[1]"), ("rmt", "init", "identity"),
                                             ("rmt", "forget_bias", "2.0"), ("rmt", "write_norm", "false"),
-                                            ("rmt", "convex_write", "true"),
+                                            ("rmt", "convex_write", "true"), ("rmt", "slot_competition", "true"),
                                             ("none", "slots", "8"), ("none", "bptt_segments", "1")])
 def test_a_key_the_kind_does_not_use_is_refused(kind, key, value):
     with pytest.raises(ConfigError, match=rf"^model.memory.{key}=\S+ does not apply to model.memory.kind={kind}, which uses"):

@@ -29,9 +29,9 @@ def test_lm2_reports_each_memory_layer_s_change_and_gates_for_the_complete_segme
     # 42 tokens before the answer: 5 complete segments (the sixth, 40–42, writes nothing yet)
     assert {k: v["segments"] for k, v in by.items()} == {"supporting fact": 1, "other fact": 1, "background only": 2,
                                                          "question": 1}
-    assert set(by["other fact"]) == {"segments", "layer0/change", "layer0/in", "layer0/forget", "layer1/change",
-                                     "layer1/in", "layer1/forget"}
-    assert list(result["by_written"]["layer0"]) == [1, 2, 4]
+    assert set(by["other fact"]) == {"segments"} | {f"layer{i}/{name}" for i in (0, 1)
+                                                    for name in ("change", "slots_changed", "in", "forget")}
+    assert list(result["by_written"]["layer0"]) == [1, 2, 4] == list(result["slot_cosine"]["layer0"])
     with torch.no_grad():  # the first segment (a fact, not supporting): its write against the initial memory
         start = model.initial_state(1).memory
         after = model(torch.as_tensor(ROW["input_ids"][:8]).unsqueeze(0)).state.memory
@@ -43,4 +43,18 @@ def test_lm2_reports_each_memory_layer_s_change_and_gates_for_the_complete_segme
 
 def test_rmt_reports_its_memory_tokens_change_and_no_gates():
     by = memory_writes.measure(tiny_model("rmt"), [ROW])["by_segment"]
-    assert set(by["background only"]) == {"segments", "tokens/change"} and by["background only"]["tokens/change"] > 0
+    assert set(by["background only"]) == {"segments", "tokens/change", "tokens/slots_changed"}
+    assert by["background only"]["tokens/change"] > 0
+
+
+def test_share_changed_is_one_when_every_slot_changes_alike_and_one_over_s_for_a_single_slot():
+    alike, single = torch.ones(1, 4, 8), torch.zeros(1, 4, 8)
+    single[0, 2] = 3.0
+    assert memory_writes.share_changed(alike) == pytest.approx(1.0)
+    assert memory_writes.share_changed(single) == pytest.approx(0.25)
+    assert memory_writes.share_changed(torch.zeros(1, 4, 8)) == 0.0
+
+
+def test_slot_cosine_is_one_for_identical_slots_and_zero_for_orthogonal_ones():
+    assert memory_writes.slot_cosine(torch.ones(1, 3, 5) * torch.tensor([1.0, 2.0, 3.0])[:, None]) == pytest.approx(1.0)
+    assert memory_writes.slot_cosine(torch.eye(4, 6).unsqueeze(0)) == pytest.approx(0.0)

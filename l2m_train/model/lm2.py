@@ -28,7 +28,7 @@ class LM2State(MemoryState):
 
 class LM2(MemoryKind):
     KEYS: ClassVar[frozenset[str]] = frozenset({"slots", "layers", "init", "forget_bias", "write_norm", "convex_write",
-                                             "bptt_segments"})
+                                             "slot_competition", "bptt_segments"})
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -65,7 +65,7 @@ class LM2(MemoryKind):
         if layer not in self.index:
             return None
         return LM2Memory(c.d_model, c.n_heads, mem.slots, mem.init, mem.forget_bias, c.norm_eps, mem.write_norm,
-                         mem.convex_write)
+                         mem.convex_write, mem.slot_competition)
 
     def segment_start(self, memory: tuple[Tensor, ...]) -> LM2State:
         n = len(self.layers)

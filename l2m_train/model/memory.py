@@ -70,7 +70,7 @@ class CrossAttention(nn.Module):
 
 class LM2Memory(nn.Module):
     def __init__(self, d_model: int, n_heads: int, slots: int, init: str, forget_bias: float, norm_eps: float,
-                 write_norm: bool = True, convex_write: bool = False):
+                 write_norm: bool = True, convex_write: bool = False, slot_competition: bool = False):
         super().__init__()
         self.norm = nn.RMSNorm(d_model, eps=norm_eps)  # RMSNorm(M), shared by the read keys/values and write queries
         self.read_attn = CrossAttention(d_model, n_heads)
@@ -86,6 +86,10 @@ class LM2Memory(nn.Module):
         # with every segment written, past the range training saw (docs/RESULTS.md, rung 3). An experiment: the W_in
         # half of gates_from_update then goes unused, kept so that a fine-tune may switch either way.
         self.convex_write = convex_write
+        # Tokens compete for the slots in the write (a softmax over slots, as in Slot Attention), and each slot is
+        # written in proportion to what it won. The design's softmax over tokens lets every write change every slot
+        # alike, which trained runs do (benchmarks/memory_writes.py: slots_changed 0.76–0.94). An experiment.
+        self.slot_competition = slot_competition
         if init == "learned":
             self.initial = nn.Parameter(torch.empty(slots, d_model))
         else:  # "identity": one-hot rows as in LM2, fixed
@@ -141,11 +145,33 @@ class LM2Memory(nn.Module):
         if valid is not None:
             has_tokens = valid.any(dim=1)
             valid = valid | ~has_tokens[:, None]  # an all-padding row attends uniformly; its result is discarded below
-        update, _ = self.write_attn(self.norm(memory), self.write_attn.keys_values(self.write_norm(y)), valid)
+        tokens = self.write_attn.keys_values(self.write_norm(y))
+        if self.slot_competition:
+            update, share = self.competed_update(self.norm(memory), tokens, valid)
+        else:
+            update, _ = self.write_attn(self.norm(memory), tokens, valid)
         in_gate, forget_gate = torch.sigmoid(self.gates_from_update(update) + self.gates_from_memory(memory)).chunk(2, -1)
         if self.convex_write:
             in_gate = 1 - forget_gate
         new_memory = in_gate * torch.tanh(update) + forget_gate * memory
+        if self.slot_competition:
+            new_memory = memory + share * (new_memory - memory)
         if has_tokens is not None:
             new_memory = torch.where(has_tokens[:, None, None], new_memory, memory)
         return new_memory, in_gate, forget_gate
+
+    def competed_update(self, memory_normed: Tensor, tokens: KV, valid: Tensor | None) -> tuple[Tensor, Tensor]:
+        """U with a softmax over slots: each token's claim on each slot (per head), then each slot's weighted mean of
+        the tokens it claimed. Also each slot's share of the write (B × N × 1): what it claimed over the heads,
+        relative to the slot that claimed most, so the most-claimed slot is written fully and an unclaimed one not.
+        """
+        attn = self.write_attn
+        q = split_heads(attn.wq(memory_normed), attn.n_heads)  # B × H × N × head_dim
+        keys, values = tokens
+        claim = torch.softmax(q @ keys.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-2)  # B × H × N × T, over slots
+        if valid is not None:
+            claim = claim * valid[:, None, None, :]
+        claimed = claim.sum(-1, keepdim=True)  # B × H × N × 1
+        update = attn.wo(merge_heads(claim @ values / claimed.clamp_min(1e-6)))
+        share = claimed.mean(1)
+        return update, share / share.amax(1, keepdim=True).clamp_min(1e-6)

@@ -33,9 +33,9 @@ from l2m_train.train.state import config_differences, shape_difference
 # What sets how the weights run, not what they are, so a fine-tune may change it: longer segments, full attention (for a
 # model without memory), a larger rotary base for longer contexts, less BPTT or recomputation to save memory.
 # memory.forget_bias only initialises b_f, which the source's weights replace; memory.convex_write ties lm2's g_in to
-# its g_f, the same parameters.
+# its g_f, and memory.slot_competition normalises the write's attention over slots: the same parameters.
 RUNTIME_KEYS = ("segment_len", "attention", "rope_base", "activation_checkpointing", "memory.bptt_segments",
-                "memory.forget_bias", "memory.convex_write")
+                "memory.forget_bias", "memory.convex_write", "memory.slot_competition")
 
 
 @dataclass
