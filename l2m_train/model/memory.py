@@ -88,7 +88,7 @@ class LM2Memory(nn.Module):
         self.convex_write = convex_write
         # Tokens compete for the slots in the write (a softmax over slots, as in Slot Attention), and each slot is
         # written in proportion to what it won. The design's softmax over tokens lets every write change every slot
-        # alike, which trained runs do (benchmarks/memory_writes.py: slots_changed 0.76–0.94). An experiment.
+        # alike, which trained runs do (benchmarks/memory_writes.py: slots_changed 0.76–0.95). An experiment.
         self.slot_competition = slot_competition
         if init == "learned":
             self.initial = nn.Parameter(torch.empty(slots, d_model))
