@@ -100,19 +100,26 @@ def measure(model: MemoryDecoder, rows: list[Row]) -> dict:
     return {"by_segment": by_segment, "by_written": means(sizes), "slot_cosine": means(cosines)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="run directories, checkpoints or exports of memory models")
-    # The samples as `l2m eval babilong` builds them from bAbI files and background text (the same arguments).
+def add_sample_arguments(parser: argparse.ArgumentParser, tasks: bool = True) -> None:
+    """The samples as `l2m eval babilong` builds them from bAbI files and background text (the same arguments);
+    without `tasks`, the caller fixes the tasks."""
     parser.add_argument("--babi-dir", required=True, help="a directory of bAbI files (qaN_*_train.txt / _test.txt)")
     parser.add_argument("--babi-split", default="test", help="train or test (default: test)")
     parser.add_argument("--holdout", type=fraction, default=0.0, help="with --babi-split train: only the stories "
                         "`l2m data babilong --holdout` kept out of training, the last fraction (default: 0, all)")
-    parser.add_argument("--haystack", nargs="+", required=True, help="background text (.txt files or directories)")
-    parser.add_argument("--tasks", nargs="+", default=["qa1"], help="bAbI tasks (default: qa1)")
+    parser.add_argument("--haystack", nargs="+", help="background text (.txt files or directories); lengths above 0k "
+                        "need it")
+    if tasks:
+        parser.add_argument("--tasks", nargs="+", default=["qa1"], help="bAbI tasks (default: qa1)")
     parser.add_argument("--lengths", nargs="+", type=parse_length, default=[1024], help="sample lengths, e.g. 1k 4k "
                         "(default: 1k)")
     parser.add_argument("--samples", type=positive_int, default=100, help="per task and length (default: 100)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="run directories, checkpoints or exports of memory models")
+    add_sample_arguments(parser)
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     torch.set_num_threads(1)
