@@ -5,7 +5,7 @@ scores by how long ago that fact was written tell the two ways a memory can fail
 of facts two and more back as well as the latest, the memory holds them and the model's read is what fails; if it
 cannot, the writes lost them. An analysis of trained runs (docs/RESULTS.md, rung 3), not a test.
 
-    python benchmarks/memory_probe.py runs/lm2 --fit-babi-dir data/babi-generated --fit-samples 4000 \
+    python benchmarks/memory_probe.py runs/lm2 --fit-babi-dir data/babi-generated --fit-samples 6000 \
         --babi-dir ../shared/data/babi/en-10k --babi-split train --holdout 0.1 --samples 1000 --lengths 0k
 
 The probe reads the slots as a memory read does: per person, a few queries attend over the slots (RMS-normalised),
@@ -149,8 +149,8 @@ def main() -> None:
     add_sample_arguments(parser, tasks=False)
     parser.add_argument("--fit-babi-dir", required=True, help="the bAbI files the probe is fitted on (all their "
                         "training stories); --babi-dir's are the ones it is scored on")
-    parser.add_argument("--fit-samples", type=positive_int, default=4000, help="stories to fit on, per length "
-                        "(default: 4000)")
+    parser.add_argument("--fit-samples", type=positive_int, default=6000, help="samples (questions) to fit on, per "
+                        "length (default: 6000)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     torch.set_num_threads(1)
