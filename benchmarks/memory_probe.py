@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from memory_writes import add_sample_arguments
+from memory_writes import add_sample_arguments, memory_banks
 from torch import Tensor, nn
 
 from l2m_train.cli.arguments import positive_int
@@ -70,7 +70,7 @@ def collect(model: MemoryDecoder, rows: list[Row], tokenizer: TextTokenizer, bat
         written, people = people_in_memory(row, tokenizer, model.cfg.segment_len)
         if people:
             groups[written].append((n, people))
-    banks = [f"layer{i}" for i in model.memory_layers] or ["tokens"]
+    banks = memory_banks(model)
     memory: dict[str, list[Tensor]] = {bank: [] for bank in banks}
     columns: dict[str, list] = defaultdict(list)
     for written, items in sorted(groups.items()):

@@ -64,12 +64,17 @@ def slot_cosine(memory: torch.Tensor) -> float:
     return float(((unit @ unit.T).sum() - n) / (n * (n - 1)))
 
 
+def memory_banks(model: MemoryDecoder) -> list[str]:
+    """The names of the model's memory banks, in the order of its state's memory: lm2 one per memory layer, rmt one."""
+    return [f"layer{i}" for i in model.memory_layers] or ["tokens"]
+
+
 @torch.no_grad()
 def measure(model: MemoryDecoder, rows: list[Row]) -> dict:
     """by_segment: per kind of segment, segments seen, each memory bank's mean RMS change and (lm2) the mean gates;
     by_written: per bank, the memory's RMS after 1, 2, 4, … segments (mean over the samples that long); slot_cosine:
     per bank, the slots' mean pairwise cosine after as many segments."""
-    banks = [f"layer{i}" for i in model.memory_layers] or ["tokens"]  # lm2: a bank per memory layer; rmt: one
+    banks = memory_banks(model)
     sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     sizes: dict[str, dict[int, list[float]]] = {bank: defaultdict(list) for bank in banks}
     cosines: dict[str, dict[int, list[float]]] = {bank: defaultdict(list) for bank in banks}
